@@ -41,6 +41,31 @@ class StoreClosedError(StoreError):
     """The store was closed while the call waited."""
 
 
+class WatchOverflowError(StoreError):
+    """The watcher fell too far behind and its stream was ended: relist, then watch again.
+
+    A store never lets one slow consumer hold back the writer or the other watchers, so each
+    watch buffers a bounded number of batches. When that buffer overflows, the watch ends with
+    this error. Treat it like `CompactedError` (the API answers 410): read the current state
+    and start a new watch from the revision of that read. `revision` is the last revision the
+    consumer was handed, so a consumer that can afford a replay may instead watch again from
+    `revision + 1`, as long as that is still retained.
+    """
+
+    def __init__(self, prefix: str, revision: int, limit: int) -> None:
+        super().__init__(
+            f"watch on {prefix!r} fell more than {limit} batches behind after revision "
+            f"{revision} and was ended; relist and watch again"
+        )
+        self.prefix = prefix
+        self.revision = revision
+        self.limit = limit
+
+
+class StoreFormatError(StoreError):
+    """A file that should hold a store does not (or holds an unknown schema version)."""
+
+
 @dataclass(frozen=True, slots=True)
 class KeyValue:
     """One version of one key."""

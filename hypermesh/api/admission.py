@@ -1,0 +1,77 @@
+"""Per-kind rules that run inside every write.
+
+Most kinds need nothing beyond schema validation. A few have server-side behaviour that
+Kubernetes clients rely on, and it lives here so the verb code stays generic:
+
+- namespaced objects can only be created in a namespace that exists and is not terminating;
+- Secrets fold `stringData` into base64 `data`;
+- Namespaces get `status.phase` and terminate by emptying themselves (see namespaces.py);
+- CustomResourceDefinitions register and unregister kinds (see customresources.py).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING, Any
+
+from hypermesh.api import errors
+from hypermesh.api.storage import ObjectStorage
+from hypermesh.resources.registry import Registry, ResourceType
+
+if TYPE_CHECKING:
+    from hypermesh.api.customresources import CustomResources
+    from hypermesh.api.namespaces import Namespaces
+
+
+def _is(rtype: ResourceType, group: str, kind: str) -> bool:
+    return rtype.group == group and rtype.kind == kind
+
+
+class Admission:
+    """Dispatches the write hooks to the kinds that have rules."""
+
+    def __init__(self, storage: ObjectStorage, registry: Registry) -> None:
+        self.storage = storage
+        self.registry = registry
+        # Wired by the server after construction (they need the verb layer themselves).
+        self.namespaces: "Namespaces | None" = None
+        self.crds: "CustomResources | None" = None
+
+    async def check_namespace_open(self, namespace: str) -> None:
+        ns_type = self.registry.by_plural("", "v1", "namespaces")
+        assert ns_type is not None
+        ns = await self.storage.get(ns_type, None, namespace)
+        if ns is None:
+            raise errors.not_found("namespaces", "", namespace)
+        if ns["metadata"].get("deletionTimestamp"):
+            raise errors.forbidden(f'unable to create new content in namespace {namespace} because it is being terminated')
+
+    def validate(self, rtype: ResourceType, old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, str]]:
+        if _is(rtype, "apiextensions.k8s.io", "CustomResourceDefinition") and self.crds is not None:
+            return self.crds.validate(old, new)
+        return []
+
+    async def before_write(self, rtype: ResourceType, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        if _is(rtype, "", "Secret"):
+            string_data = new.pop("stringData", None)
+            if isinstance(string_data, dict):
+                data = new.setdefault("data", {})
+                for key, value in string_data.items():
+                    data[key] = base64.b64encode(str(value).encode()).decode()
+        elif _is(rtype, "", "Namespace"):
+            status = new.setdefault("status", {})
+            status["phase"] = "Terminating" if new["metadata"].get("deletionTimestamp") else "Active"
+        elif _is(rtype, "apiextensions.k8s.io", "CustomResourceDefinition") and self.crds is not None:
+            self.crds.set_status(new)
+
+    async def after_write(self, rtype: ResourceType, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if _is(rtype, "apiextensions.k8s.io", "CustomResourceDefinition") and self.crds is not None:
+            await self.crds.changed(old, new)
+
+    async def before_delete(self, rtype: ResourceType, obj: dict[str, Any], *, dry_run: bool) -> dict[str, Any] | None:
+        """A replacement answer when the kind deletes in its own way, else None."""
+        if _is(rtype, "", "Namespace") and self.namespaces is not None:
+            return await self.namespaces.delete(obj, dry_run=dry_run)
+        if _is(rtype, "apiextensions.k8s.io", "CustomResourceDefinition") and self.crds is not None and not dry_run:
+            await self.crds.delete_objects(obj)
+        return None

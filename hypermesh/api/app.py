@@ -1,0 +1,232 @@
+"""The API server as one ASGI application.
+
+`APIServer` wires the parts (store, registry, verbs, watch cache, discovery, OpenAPI) and routes
+each request: health and version endpoints first (they are public, as in Kubernetes), then the
+identity check (mutual TLS happened in the transport; here a request without a verified client
+certificate gets 401), then discovery, OpenAPI, and the resource verbs. Any `ApiError` becomes a
+`Status` response; any other exception becomes a 500 Status and a log line, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+
+from hypermesh.api import discovery, errors, paths, tables
+from hypermesh.api.admission import Admission
+from hypermesh.api.compactor import CompactionPolicy, Compactor
+from hypermesh.api.customresources import CustomResources, hypermesh_crds
+from hypermesh.api.http import Receive, Request, Send, send_bytes, send_error, send_json
+from hypermesh.api.namespaces import Namespaces
+from hypermesh.api.openapi import OpenAPI
+from hypermesh.api.rest import ResourceAPI
+from hypermesh.api.storage import ObjectStorage, Page
+from hypermesh.api.watch import WatchStream
+from hypermesh.api.watchcache import WatchCache
+from hypermesh.resources.registry import Registry, ResourceType, builtin_types
+from hypermesh.store import Store
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/version"})
+
+
+class APIServer:
+    """The Kubernetes-compatible API over one state engine."""
+
+    def __init__(self, store: Store, *, compaction: CompactionPolicy | None = None) -> None:
+        self.store = store
+        self.compactor = Compactor(store, compaction or CompactionPolicy())
+        self.registry = Registry()
+        for rtype in builtin_types():
+            self.registry.add(rtype)
+        self.storage = ObjectStorage(store)
+        self.watchcache = WatchCache(store)
+        self.admission = Admission(self.storage, self.registry)
+        self.api = ResourceAPI(self.storage, self.admission)
+        self.namespaces = Namespaces(self.storage, self.registry)
+        self.namespaces.api = self.api
+        self.crds = CustomResources(self.storage, self.registry, self.watchcache)
+        self.admission.namespaces = self.namespaces
+        self.admission.crds = self.crds
+        self.discovery = discovery.Discovery(self.registry)
+        self.openapi = OpenAPI(self.registry)
+        self.shutdown = asyncio.Event()
+        self.ready = False
+
+    async def start(self) -> None:
+        """Bring stored state in: HyperMesh's CRDs, user CRDs, default namespaces."""
+        for crd in hypermesh_crds():
+            await self.crds.install(crd)
+        await self.crds.load()
+        await self.namespaces.ensure_defaults()
+        self.compactor.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        """End every watch stream and background task; the store is closed by its owner."""
+        self.ready = False
+        self.shutdown.set()
+        await self.compactor.stop()
+        await self.namespaces.stop()
+        await self.watchcache.stop()
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        req = Request.from_scope(scope, receive)
+        try:
+            await self._route(req, send)
+        except errors.ApiError as exc:
+            await send_error(send, exc)
+        except Exception:
+            log.exception("internal error serving %s %s", req.method, req.path)
+            await send_error(send, errors.ApiError(500, "InternalError", "an internal error occurred; the server logged the details"))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, req: Request, send: Send) -> None:
+        path = req.path
+        if path in PUBLIC_PATHS:
+            await self._public(req, send)
+            return
+        if req.identity is None:
+            raise errors.unauthorized()
+        if path.startswith("/openapi/"):
+            await self._openapi(req, send)
+            return
+        if path in ("/api", "/api/", "/apis", "/apis/"):
+            await self._discovery_root(req, send, core=path.startswith("/api/") or path == "/api")
+            return
+        target = paths.parse(path, self.registry)
+        if target is None:
+            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        if isinstance(target, paths.GroupVersionPath):
+            await self._discovery_gv(req, send, target)
+            return
+        await self._resource(req, send, target)
+
+    async def _public(self, req: Request, send: Send) -> None:
+        if req.path == "/version":
+            await send_json(send, 200, discovery.version_info())
+        elif req.path == "/readyz" and not self.ready:
+            await send_bytes(send, 503, b"not ready: starting or stopping", content_type=b"text/plain")
+        else:
+            await send_bytes(send, 200, b"ok", content_type=b"text/plain")
+
+    async def _discovery_root(self, req: Request, send: Send, *, core: bool) -> None:
+        if discovery.wants_aggregated(req.accept):
+            await send_bytes(send, 200, self.discovery.aggregated(core), content_type=discovery.AGGREGATED_CT.encode())
+        elif core:
+            await send_bytes(send, 200, self.discovery.core_versions())
+        else:
+            await send_bytes(send, 200, self.discovery.group_list())
+
+    async def _discovery_gv(self, req: Request, send: Send, target: paths.GroupVersionPath) -> None:
+        if not target.version:
+            body = self.discovery.group(target.group)
+        else:
+            body = self.discovery.resource_list(target.group, target.version)
+        if body is None:
+            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        await send_bytes(send, 200, body)
+
+    async def _openapi(self, req: Request, send: Send) -> None:
+        if req.path.rstrip("/") == "/openapi/v3":
+            await send_bytes(send, 200, self.openapi.index(), headers=[(b"cache-control", b"no-cache, private")])
+            return
+        if req.path.startswith("/openapi/v3/"):
+            found = self.openapi.document(req.path[len("/openapi/v3/"):])
+            if found is not None:
+                body, digest = found
+                cache = b"public, immutable" if req.query.get("hash") == digest else b"no-cache, private"
+                await send_bytes(send, 200, body, headers=[(b"etag", f'"{digest}"'.encode()), (b"cache-control", cache)])
+                return
+        raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    # ------------------------------------------------------------------ resources
+
+    async def _resource(self, req: Request, send: Send, target: paths.Target) -> None:
+        rtype, ns, name, sub = target.rtype, target.namespace, target.name, target.subresource
+        method = req.method
+        if sub is not None and sub != "status":
+            raise errors.ApiError(404, "NotFound", f'the server could not find the requested resource ({sub} subresource)')
+        if sub == "status" and not rtype.has_status:
+            raise errors.ApiError(404, "NotFound", f"{rtype.kind} has no status subresource")
+        if name is None:
+            if method == "GET":
+                if req.flag("watch"):
+                    stream = WatchStream(req, send, rtype, ns, self.api, self.watchcache.for_type(rtype), self.shutdown)
+                    await stream.run()
+                    return
+                page = await self.api.list(rtype, ns, req)
+                await self._send_list(req, send, rtype, page)
+            elif method == "POST":
+                if not rtype.namespaced:
+                    ns = None
+                elif ns is None:
+                    raise errors.method_not_allowed(f"create of {rtype.plural} needs a namespace in the URL")
+                status, obj, warnings = await self.api.create(rtype, ns, req)
+                await self._send_object(req, send, rtype, obj, status, warnings)
+            elif method == "DELETE":
+                result = await self.api.delete_collection(rtype, ns, req)
+                await send_json(send, 200, result)
+            else:
+                raise errors.method_not_allowed()
+            return
+        if method == "GET":
+            obj = await self.api.get(rtype, ns, name)
+            await self._send_object(req, send, rtype, obj, 200, [])
+        elif method == "PUT":
+            status, obj, warnings = await self.api.update(rtype, ns, name, sub, req)
+            await self._send_object(req, send, rtype, obj, status, warnings)
+        elif method == "PATCH":
+            status, obj, warnings = await self.api.patch(rtype, ns, name, sub, req)
+            await self._send_object(req, send, rtype, obj, status, warnings)
+        elif method == "DELETE" and sub is None:
+            status, obj = await self.api.delete(rtype, ns, name, req)
+            await self._send_object(req, send, rtype, obj, status, [])
+        else:
+            raise errors.method_not_allowed()
+
+    async def _send_object(self, req: Request, send: Send, rtype: ResourceType, obj: dict[str, Any], status: int, warnings: list[str]) -> None:
+        headers = [(b"warning", _warning(w)) for w in warnings]
+        if tables.wants_table(req.accept) and req.method == "GET":
+            body = tables.table(rtype, [obj], resource_version=obj["metadata"].get("resourceVersion", ""))
+            await send_bytes(send, status, orjson.dumps(body), content_type=tables.TABLE_CONTENT_TYPE, headers=headers)
+            return
+        await send_bytes(send, status, orjson.dumps(obj), headers=headers)
+
+    async def _send_list(self, req: Request, send: Send, rtype: ResourceType, page: Page) -> None:
+        rv = str(page.revision)
+        if tables.wants_table(req.accept):
+            body = tables.table(rtype, page.items, resource_version=rv, continue_token=page.continue_token, remaining=page.remaining)
+            await send_bytes(send, 200, orjson.dumps(body), content_type=tables.TABLE_CONTENT_TYPE)
+            return
+        metadata: dict[str, Any] = {"resourceVersion": rv}
+        if page.continue_token:
+            metadata["continue"] = page.continue_token
+        if page.remaining is not None:
+            metadata["remainingItemCount"] = page.remaining
+        body = {"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": metadata, "items": page.items}
+        await send_bytes(send, 200, orjson.dumps(body))
+
+
+def _warning(text: str) -> bytes:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 - "{escaped}"'.encode()

@@ -1,0 +1,195 @@
+"""One store watch per kind, fanned out to every client watch.
+
+A thousand `kubectl get -w` or controller informers on one kind must not cost a thousand store
+watches and a thousand JSON decodes per change. The cache holds one store watch per kind, keeps
+a ring of recent events (decoded once), and hands each event to the matching client watchers,
+each behind a bounded queue so a slow reader can never stall the others. Serialised event lines
+are memoised per event, so N watchers of the same format cost one encode.
+
+A watch that resumes from a revision older than the ring falls back to a private store watch
+(still served when the store has the history), and only gets 410 Expired when the store itself
+has compacted it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypermesh.api.storage import decode
+from hypermesh.resources.registry import ResourceType
+from hypermesh.store import Event, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+RING_SIZE = 4096
+QUEUE_SIZE = 10_000
+
+
+@dataclass(slots=True)
+class CachedEvent:
+    """A decoded change of one object. `obj` is the new state (for DELETED: the last state,
+    carrying the revision of the delete); `prev` is the state before, when there was one."""
+
+    revision: int
+    type: str  # ADDED, MODIFIED, DELETED
+    obj: dict[str, Any]
+    prev: dict[str, Any] | None
+    lines: dict[Any, bytes] = field(default_factory=dict)  # memoised encodings
+
+
+def to_cached(event: Event) -> CachedEvent:
+    """Translate a store event to Kubernetes watch terms."""
+    if event.type == "PUT":
+        obj = decode(event.kv)
+        prev = decode(event.prev) if event.prev is not None else None
+        kind = "ADDED" if event.kv.version == 1 else "MODIFIED"
+        return CachedEvent(event.kv.mod_revision, kind, obj, prev)
+    assert event.prev is not None, "a DELETE event carries the last value"
+    prev = decode(event.prev)
+    last = dict(prev)
+    last["metadata"] = {**prev["metadata"], "resourceVersion": str(event.kv.mod_revision)}
+    return CachedEvent(event.kv.mod_revision, "DELETED", last, prev)
+
+
+class Watcher:
+    """One client watch registered with the cache."""
+
+    __slots__ = ("queue", "matches", "closed", "overflowed")
+
+    def __init__(self, matches: Callable[[dict[str, Any]], bool]) -> None:
+        self.queue: asyncio.Queue[CachedEvent | int] = asyncio.Queue(QUEUE_SIZE)
+        self.matches = matches
+        self.closed = False
+        self.overflowed = False
+
+    def offer(self, item: CachedEvent | int) -> None:
+        if self.closed:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            # Too slow to keep up: end this watch; the client resumes from its last revision.
+            self.overflowed = True
+            self.closed = True
+
+
+class KindCache:
+    """The watch cache of one kind."""
+
+    def __init__(self, store: Store, rtype: ResourceType) -> None:
+        self.store = store
+        self.rtype = rtype
+        self.ring: collections.deque[CachedEvent] = collections.deque(maxlen=RING_SIZE)
+        self.watchers: set[Watcher] = set()
+        self.revision = store.revision  # every event after this one reaches the cache
+        self.oldest = self.revision  # a watch from any revision >= oldest is served from here
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"watchcache:{self.rtype.plural}")
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for watcher in list(self.watchers):
+            watcher.closed = True
+            watcher.offer(-1)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopped:
+            try:
+                async for batch in self.store.watch(self.rtype.key_prefix(None), start_revision=self.revision + 1):
+                    for event in batch.events:
+                        self._publish(to_cached(event))
+                    if batch.revision > self.revision:
+                        self.revision = batch.revision
+                    backoff = 0.1
+                return
+            except asyncio.CancelledError:
+                raise
+            except StoreError as exc:
+                # The store ended the watch (overflow or compaction): history is gone, so every
+                # watcher must resync. Start over from now.
+                log.warning("watch cache of %s restarts: %s", self.rtype.plural, exc)
+                self._reset()
+            except Exception:
+                log.exception("watch cache of %s failed", self.rtype.plural)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _reset(self) -> None:
+        self.ring.clear()
+        self.revision = self.store.revision
+        self.oldest = self.revision
+        for watcher in list(self.watchers):
+            watcher.closed = True
+            watcher.overflowed = True
+            watcher.offer(-1)
+
+    def _publish(self, event: CachedEvent) -> None:
+        self.ring.append(event)
+        self.revision = event.revision
+        if len(self.ring) == self.ring.maxlen:
+            self.oldest = self.ring[0].revision - 1
+        for watcher in self.watchers:
+            watcher.offer(event)
+
+    def subscribe(self, matches: Callable[[dict[str, Any]], bool], since: int | None) -> tuple[Watcher, list[CachedEvent], int] | None:
+        """Register a watcher. With `since`, also return the retained events after it; None
+        when `since` is older than the ring (the caller falls back to the store)."""
+        if since is not None and since < self.oldest:
+            return None
+        watcher = Watcher(matches)
+        # No await between reading the ring and registering: the two views meet exactly.
+        backlog = [e for e in self.ring if e.revision > since] if since is not None else []
+        self.watchers.add(watcher)
+        return watcher, backlog, self.revision
+
+    def unsubscribe(self, watcher: Watcher) -> None:
+        watcher.closed = True
+        self.watchers.discard(watcher)
+
+    def bookmark_all(self) -> None:
+        """Tell every watcher the current revision (used for BOOKMARK events)."""
+        for watcher in self.watchers:
+            watcher.offer(self.revision)
+
+
+class WatchCache:
+    """All kind caches of the server, created on first use."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.kinds: dict[tuple[str, str], KindCache] = {}
+
+    def for_type(self, rtype: ResourceType) -> KindCache:
+        key = (rtype.group, rtype.plural)
+        cache = self.kinds.get(key)
+        if cache is None or cache.rtype is not rtype and cache.rtype.key_prefix(None) != rtype.key_prefix(None):
+            cache = KindCache(self.store, rtype)
+            cache.start()
+            self.kinds[key] = cache
+        return cache
+
+    async def drop(self, rtype: ResourceType) -> None:
+        cache = self.kinds.pop((rtype.group, rtype.plural), None)
+        if cache is not None:
+            await cache.stop()
+
+    async def stop(self) -> None:
+        for cache in list(self.kinds.values()):
+            await cache.stop()
+        self.kinds.clear()

@@ -1,0 +1,172 @@
+"""`hypermesh`: the daemon entry points (server, up, backup, restore).
+
+This is where processes are wired together: the state engine, the API server app, and the two
+listeners (HTTPS on TCP, HTTP/3 on UDP, same port number). Nothing imports this module; it
+imports what it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger("hypermesh")
+
+
+def _split_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (loopback)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"--listen {text!r}: expected HOST:PORT, for example 127.0.0.1:6443")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def server_url(host: str, port: int) -> str:
+    connect = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    if ":" in connect:
+        connect = f"[{connect}]"
+    return f"https://{connect}:{port}"
+
+
+async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = False) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit code."""
+    from hypermesh.api.app import APIServer
+    from hypermesh.api.compactor import CompactionPolicy
+    from hypermesh.pki import ensure_server_pki, write_kubeconfig
+    from hypermesh.store import open_store
+    from hypermesh.transport.h3 import serve_h3
+    from hypermesh.transport.tcp import serve_tcp
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    hosts = ["127.0.0.1", "localhost", "::1"]
+    if host not in hosts and host not in ("0.0.0.0", "::"):
+        hosts.append(host)
+    pki = ensure_server_pki(data_dir, hosts=hosts)
+    url = server_url(host, port)
+    kubeconfig = data_dir / "admin.kubeconfig"
+    write_kubeconfig(kubeconfig, server_url=url, ca_pem=pki.ca_pem, cert_pem=pki.admin_cert_pem, key_pem=pki.admin_key_pem)
+
+    store = await open_store(str(data_dir))
+    # Tests shorten the history window to exercise 410 Expired; users keep the defaults.
+    policy = CompactionPolicy(
+        interval=float(os.environ.get("HYPERMESH_COMPACT_INTERVAL", "300")),
+        min_history=int(os.environ.get("HYPERMESH_COMPACT_MIN_HISTORY", "1000")),
+    )
+    app = APIServer(store, compaction=policy)
+    await app.start()
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    listeners_stop = asyncio.Event()
+    tcp_ready, h3_ready = asyncio.Event(), asyncio.Event()
+    tls = {"certfile": pki.server_cert_path, "keyfile": pki.server_key_path, "cafile": pki.ca_cert_path}
+    tasks = [
+        loop.create_task(serve_tcp(app, host=host, port=port, ready=tcp_ready, shutdown=listeners_stop, **tls), name="tcp"),
+        loop.create_task(serve_h3(app, host=host, port=port, ready=h3_ready, shutdown=listeners_stop, **tls), name="h3"),
+    ]
+    ready = loop.create_task(asyncio.wait({loop.create_task(tcp_ready.wait()), loop.create_task(h3_ready.wait())}))
+    done, _ = await asyncio.wait({ready, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if ready in done:
+        log.info("serving on %s (HTTPS on TCP and HTTP/3 on UDP), data in %s", url, data_dir)
+        if banner:
+            print(f"HyperMesh is running at {url}\n"
+                  f"  export KUBECONFIG={kubeconfig}\n"
+                  f"  kubectl get namespaces        # or: nexus get ns\n"
+                  f"Stop it with Ctrl-C.", flush=True)
+        print("ready", flush=True)
+        stopper = loop.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+    for task in tasks:
+        if task in done and task.exception() is not None:
+            log.error("listener %s failed: %s", task.get_name(), task.exception())
+            code = 1
+    # Drain: end watch streams first so the listeners' graceful shutdown does not wait on them.
+    await app.stop()
+    listeners_stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await store.close()
+    log.info("stopped")
+    return code
+
+
+def _home() -> Path:
+    return Path(os.environ.get("HYPERMESH_HOME", "~/.hypermesh")).expanduser()
+
+
+def _run(coro: object) -> int:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hypermesh", description="HyperMesh daemons and maintenance commands.")
+    parser.add_argument("--log-level", default=os.environ.get("HYPERMESH_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("server", help="run the API server and state engine")
+    p.add_argument("--data-dir", required=True, type=Path, help="where state, certificates and the admin kubeconfig live")
+    p.add_argument("--listen", default="127.0.0.1:6443", type=_split_listen, help="HOST:PORT for HTTPS (TCP) and HTTP/3 (UDP)")
+
+    p = sub.add_parser("up", help="run the single-machine cluster in the foreground")
+    p.add_argument("--listen", default="127.0.0.1:6443", type=_split_listen)
+
+    p = sub.add_parser("backup", help="write a consistent snapshot of the state (safe while the server runs)")
+    p.add_argument("--data-dir", required=True, type=Path)
+    p.add_argument("file", type=Path)
+
+    p = sub.add_parser("restore", help="replace the state with a snapshot (server must be stopped)")
+    p.add_argument("--data-dir", required=True, type=Path)
+    p.add_argument("--force", action="store_true", help="replace an existing, non-empty state")
+    p.add_argument("file", type=Path)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+    if args.command == "server":
+        host, port = args.listen
+        return _run(run_server(args.data_dir, host, port))
+    if args.command == "up":
+        host, port = args.listen
+        return _run(run_server(_home(), host, port, banner=True))
+    if args.command == "backup":
+        from hypermesh.store import backup
+
+        try:
+            revision = asyncio.run(backup(args.data_dir, args.file))
+        except (OSError, ValueError) as exc:
+            print(f"hypermesh backup: {exc}", file=sys.stderr)
+            return 1
+        print(f"backup of revision {revision} written to {args.file}")
+        return 0
+    if args.command == "restore":
+        from hypermesh.store import StoreError, restore
+
+        try:
+            revision = restore(args.file, args.data_dir, force=args.force)
+        except (OSError, ValueError, StoreError) as exc:
+            print(f"hypermesh restore: {exc}", file=sys.stderr)
+            return 1
+        print(f"restored revision {revision} into {args.data_dir}")
+        return 0
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

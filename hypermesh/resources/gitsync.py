@@ -1,0 +1,86 @@
+"""GitSync: a repository path kept applied (mirrors crds/gitsync.yaml).
+
+The semantics are Flux's Kustomization/GitRepository folded into one kind: fetch `spec.url` at
+`spec.ref` every `spec.interval`, apply the manifests under `spec.path`, prune what disappeared
+(tracked in `status.inventory`), and report the applied revision in `status`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from hypermesh.resources.meta import Condition, Duration, Model, Resource
+
+__all__ = [
+    "CrossNamespaceRef",
+    "GitRef",
+    "GitSync",
+    "GitSyncSpec",
+    "GitSyncStatus",
+    "InventoryEntry",
+    "ObjectRef",
+    "SecretRef",
+]
+
+
+class GitRef(Model):
+    """What to check out; commit wins over tag over branch, the default branch when empty."""
+
+    branch: str | None = None
+    tag: str | None = None
+    commit: str | None = None
+
+
+class CrossNamespaceRef(Model):
+    name: str
+    namespace: str | None = None
+
+
+class ObjectRef(Model):
+    """An object by kind and name, for health checks."""
+
+    api_version: str | None = None
+    kind: str
+    name: str
+    namespace: str | None = None
+
+
+class InventoryEntry(ObjectRef):
+    """An object the last sync applied."""
+
+
+class SecretRef(Model):
+    name: str
+
+
+class GitSyncSpec(Model):
+    url: Annotated[str, Field(min_length=1)]
+    ref: GitRef | None = None
+    path: str | None = None
+    interval: Duration = "60s"
+    timeout: Duration | None = None
+    prune: bool = True
+    suspend: bool = False
+    target_namespace: Annotated[str, Field(max_length=63)] | None = None
+    depends_on: list[CrossNamespaceRef] | None = None
+    health_checks: list[ObjectRef] | None = None
+    secret_ref: SecretRef | None = None
+
+
+class GitSyncStatus(Model):
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    conditions: list[Condition] | None = None
+    last_applied_revision: str | None = None
+    last_attempted_revision: str | None = None
+    last_sync_time: datetime.datetime | None = None
+    inventory: list[InventoryEntry] | None = None
+
+
+class GitSync(Resource):
+    api_version: Literal["hypermesh.io/v1"] = "hypermesh.io/v1"
+    kind: Literal["GitSync"] = "GitSync"
+    spec: GitSyncSpec
+    status: GitSyncStatus | None = None

@@ -1,0 +1,474 @@
+"""The HTTP/3 listener: the same ASGI app over QUIC (aioquic), with client certificates.
+
+aioquic has no server-side mutual TLS: no public way to ask for a client certificate, and
+when asked (through an internal flag) it checks only that the client holds the certificate's
+key, never who signed it. This listener therefore
+
+1. sets that internal flag (`tls.Context._request_client_certificate`) on each connection
+   right after aioquic creates its TLS context, so the server sends a CertificateRequest;
+2. verifies the client chain itself when the handshake completes, with the cluster CA as the
+   only trust anchor (`hypermesh.pki.verify`, the same checks OpenSSL makes for the TCP
+   listener); a connection whose certificate fails is closed with a TLS bad_certificate
+   error before any request on it reaches the app, and a client that sent no certificate is
+   served with identity None (the app answers 401);
+3. issues no session tickets. A resumed TLS 1.3 session skips the certificate exchange, so
+   a resumed connection would carry no certificate at all: it would either silently turn
+   anonymous or require identity bound to ticket state. aioquic also fails resumption
+   outright when the certificate flag is set. Full handshakes cost ~8 ms instead of ~6 ms and
+   clients keep connections open, so the listener simply never resumes (and never accepts
+   0-RTT, whose replayable requests an API with side effects should not take anyway). As
+   defence in depth, a connection that reports resumption or early data is closed.
+
+Requests map to ASGI the usual way: response body chunks become DATA frames as the app sends
+them (watches stream for minutes), the stream ends on `more_body=False`, and a client reset,
+STOP_SENDING or a lost connection reaches the app as `http.disconnect`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import urllib.parse
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.packet import QuicErrorCode
+from aioquic.tls import AlertDescription
+
+from hypermesh.pki.identity import Identity
+from hypermesh.pki.verify import CertificateRejected, ClientCertificateVerifier
+from hypermesh.transport import sockets
+from hypermesh.transport.asgi import (
+    IDENTITY_SCOPE_KEY,
+    TLS_VERSIONS,
+    ASGIApp,
+    Message,
+    tls_extension,
+)
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+# A streaming response pauses while more than this many bytes wait for the client's
+# acknowledgement, so a client that stops reading cannot make the server buffer a watch forever.
+_SEND_HIGH_WATER = 1 << 20
+# A request body buffered beyond this (the app is not reading it) resets the stream.
+_RECEIVE_HIGH_WATER = 16 << 20
+
+# Headers that describe an HTTP/1.1 connection and are malformed in HTTP/3 (RFC 9114 4.2).
+_CONNECTION_HEADERS = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+def _bad_certificate_code() -> int:
+    # TLS alerts travel as QUIC CRYPTO_ERROR 0x100 + alert (RFC 9001 section 4.8).
+    return int(QuicErrorCode.CRYPTO_ERROR) + int(AlertDescription.bad_certificate)
+
+
+class _RequestCycle:
+    """One request stream: the app's receive/send, fed by the connection's events."""
+
+    __slots__ = (
+        "body",
+        "body_delivered",
+        "body_size",
+        "disconnected",
+        "more_body",
+        "protocol",
+        "response_complete",
+        "response_started",
+        "scope",
+        "stream_id",
+        "waiter",
+    )
+
+    def __init__(self, protocol: _H3ServerProtocol, stream_id: int, scope: dict[str, Any]):
+        self.protocol = protocol
+        self.stream_id = stream_id
+        self.scope = scope
+        self.body: deque[bytes] = deque()
+        self.body_size = 0
+        self.more_body = True
+        self.body_delivered = False
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    # Events from the connection
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def feed(self, data: bytes, ended: bool) -> None:
+        if self.response_complete or self.disconnected:
+            # The app has answered (401 to an anonymous upload, say): drop what follows.
+            return
+        if data:
+            self.body.append(data)
+            self.body_size += len(data)
+            if self.body_size > _RECEIVE_HIGH_WATER:
+                self.protocol.abort_stream(self.stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
+                self.disconnect()
+                return
+        if ended:
+            self.more_body = False
+        self.wake()
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+        self.wake()
+
+    # ASGI interface
+
+    async def receive(self) -> Message:
+        while True:
+            if self.disconnected or self.response_complete:
+                return _DISCONNECT
+            if self.body or (not self.more_body and not self.body_delivered):
+                data = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+                self.body.clear()
+                self.body_size = 0
+                if not self.more_body:
+                    self.body_delivered = True
+                return {"type": "http.request", "body": data, "more_body": self.more_body}
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if self.disconnected:
+            return
+        if kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("ASGI app sent 'http.response.start' twice")
+            self.response_started = True
+            headers = [(b":status", str(message["status"]).encode("ascii"))]
+            for name, value in message.get("headers", ()):
+                name = bytes(name).lower()
+                if name not in _CONNECTION_HEADERS:
+                    headers.append((name, bytes(value)))
+            self.protocol.send_headers(self.stream_id, headers)
+        elif kind == "http.response.body":
+            if not self.response_started:
+                raise RuntimeError("ASGI app sent a body before 'http.response.start'")
+            if self.response_complete:
+                return
+            more_body = message.get("more_body", False)
+            self.protocol.send_data(self.stream_id, message.get("body", b""), not more_body)
+            if not more_body:
+                self.response_complete = True
+                self.wake()
+            elif self.protocol.send_backlog(self.stream_id) > _SEND_HIGH_WATER:
+                await self.protocol.wait_for_send_room(self)
+        else:
+            raise RuntimeError(f"unexpected ASGI message type {kind!r} on an HTTP/3 request")
+
+    async def run(self, app: ASGIApp) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except Exception:
+            logger.exception("exception in ASGI app (HTTP/3 %s)", self.scope.get("path"))
+            if not self.response_started and not self.disconnected:
+                await self.send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                    }
+                )
+                await self.send({"type": "http.response.body", "body": b"Internal Server Error"})
+        finally:
+            if not self.response_complete and not self.disconnected:
+                # The app returned (or was cancelled) mid-response: tell the client the
+                # response is incomplete rather than letting it wait forever.
+                self.protocol.abort_stream(self.stream_id, ErrorCode.H3_INTERNAL_ERROR)
+            self.protocol.request_finished(self)
+
+
+class _H3Service:
+    """State shared by all connections of one listener: the app, the verifier, the tasks."""
+
+    def __init__(self, app: ASGIApp, verifier: ClientCertificateVerifier) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.protocols: set[_H3ServerProtocol] = set()
+        self.closing = False
+        self.server_address: tuple[str, int] | None = None
+
+    def create_protocol(self, quic: QuicConnection, **kwargs: Any) -> _H3ServerProtocol:
+        protocol = _H3ServerProtocol(quic, service=self, **kwargs)
+        self.protocols.add(protocol)
+        return protocol
+
+
+class _H3ServerProtocol(QuicConnectionProtocol):
+    """One QUIC connection: client-certificate check, then HTTP/3 requests to the app."""
+
+    def __init__(self, quic: QuicConnection, *, service: _H3Service, **kwargs: Any) -> None:
+        super().__init__(quic, **kwargs)
+        self._service = service
+        self._h3: H3Connection | None = None
+        self._identity: Identity | None = None
+        self._tls: dict[str, Any] | None = None
+        self._client: tuple[str, int] | None = None
+        self._requests: dict[int, _RequestCycle] = {}
+        self._send_waiters: list[asyncio.Future[None]] = []
+        self._request_client_certificate(quic)
+
+    @staticmethod
+    def _request_client_certificate(quic: QuicConnection) -> None:
+        # aioquic builds its TLS context lazily, on the first datagram, and exposes no option
+        # to request a client certificate; hook the construction and set the internal flag.
+        initialize = quic._initialize
+
+        def initialize_requesting_certificate(peer_cid: bytes) -> None:
+            initialize(peer_cid)
+            quic.tls._request_client_certificate = True
+
+        quic._initialize = initialize_requesting_certificate  # type: ignore[method-assign]
+
+    # Datagram and QUIC events
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        if self._client is None:
+            self._client = (str(addr[0]), int(addr[1]))
+        super().datagram_received(data, addr)
+        # Incoming datagrams carry the acknowledgements that make room in send buffers.
+        if self._send_waiters:
+            self._wake_senders()
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.HandshakeCompleted):
+            self._accept(event)
+            return
+        if isinstance(event, events.ConnectionTerminated):
+            self._service.protocols.discard(self)
+            for cycle in list(self._requests.values()):
+                cycle.disconnect()
+            self._wake_senders()
+            return
+        if self._h3 is None:
+            if isinstance(event, events.StreamDataReceived):
+                # Application data before the certificate was checked: never serve it.
+                self._reject("stream data before the handshake completed")
+            return
+        for h3_event in self._h3.handle_event(event):
+            self._http_event_received(h3_event)
+        if isinstance(event, events.StreamReset | events.StopSendingReceived):
+            abandoned = self._requests.get(event.stream_id)
+            if abandoned is not None:
+                abandoned.disconnect()
+                self._wake_senders()
+
+    def _accept(self, event: events.HandshakeCompleted) -> None:
+        """Verify the client certificate; start HTTP/3 only if it passes (or is absent)."""
+        if event.session_resumed or event.early_data_accepted:
+            # No tickets are issued, so this cannot happen; if it ever does, the connection
+            # carries no certificate and must not be served as if it had been checked.
+            self._reject("unexpected session resumption")
+            return
+        tls = self._quic.tls
+        cert = tls._peer_certificate
+        if cert is not None:
+            try:
+                self._identity = self._service.verifier.verify(cert, tls._peer_certificate_chain)
+            except CertificateRejected as exc:
+                logger.info("HTTP/3 client %s rejected: %s", self._client, exc)
+                self._reject(str(exc), code=_bad_certificate_code())
+                return
+        self._tls = tls_extension(cert, TLS_VERSIONS["TLSv1.3"])
+        self._h3 = H3Connection(self._quic)
+
+    def _reject(self, reason: str, code: int = QuicErrorCode.PROTOCOL_VIOLATION) -> None:
+        self._h3 = None
+        self._quic.close(error_code=code, reason_phrase=reason)
+        self._transmit_soon()
+
+    def _http_event_received(self, event: H3Event) -> None:
+        if isinstance(event, DataReceived):
+            cycle = self._requests.get(event.stream_id)
+            if cycle is not None:
+                cycle.feed(event.data, event.stream_ended)
+        elif isinstance(event, HeadersReceived):
+            cycle = self._requests.get(event.stream_id)
+            if cycle is not None:
+                # Trailers: nothing in the API uses them, but they may end the body.
+                cycle.feed(b"", event.stream_ended)
+            else:
+                self._start_request(event)
+
+    def _start_request(self, event: HeadersReceived) -> None:
+        if self._service.closing:
+            self.abort_stream(event.stream_id, ErrorCode.H3_REQUEST_REJECTED)
+            return
+        method = b"GET"
+        raw_path = b"/"
+        authority = b""
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in event.headers:
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                raw_path = value
+            elif name == b":authority":
+                authority = value
+            elif not name.startswith(b":"):
+                headers.append((name, value))
+        if authority:
+            # ASGI apps look for the host header; HTTP/3 carries it as :authority.
+            headers.insert(0, (b"host", authority))
+        path_bytes, _, query_string = raw_path.partition(b"?")
+        path = path_bytes.decode("ascii", "replace")
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "3",
+            "method": method.decode("ascii", "replace"),
+            "scheme": "https",
+            "path": urllib.parse.unquote(path) if "%" in path else path,
+            "raw_path": path_bytes,
+            "query_string": query_string,
+            "root_path": "",
+            "headers": headers,
+            "client": self._client,
+            "server": self._service.server_address,
+            IDENTITY_SCOPE_KEY: self._identity,
+            "extensions": {"tls": self._tls},
+        }
+        cycle = _RequestCycle(self, event.stream_id, scope)
+        self._requests[event.stream_id] = cycle
+        if event.stream_ended:
+            cycle.more_body = False
+        task = asyncio.get_running_loop().create_task(cycle.run(self._service.app))
+        self._service.tasks.add(task)
+        task.add_done_callback(self._service.tasks.discard)
+
+    # Called by request cycles
+
+    def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        assert self._h3 is not None
+        self._h3.send_headers(stream_id, headers, end_stream=False)
+        # Coalesce: one transmit per loop iteration carries headers and body together.
+        self._transmit_soon()
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        assert self._h3 is not None
+        self._h3.send_data(stream_id, bytes(data), end_stream=end_stream)
+        self._transmit_soon()
+
+    def abort_stream(self, stream_id: int, code: int) -> None:
+        """Reset our side of a request stream and ask the client to stop sending on it."""
+        try:
+            self._quic.reset_stream(stream_id, code)
+            self._quic.stop_stream(stream_id, code)
+        except (ValueError, AssertionError):
+            # The stream is already gone (finished or reset by the client).
+            pass
+        self._transmit_soon()
+
+    def send_backlog(self, stream_id: int) -> int:
+        """Bytes written to a stream that the client has not acknowledged yet."""
+        stream = self._quic._streams.get(stream_id)
+        return len(stream.sender._buffer) if stream is not None else 0
+
+    async def wait_for_send_room(self, cycle: _RequestCycle) -> None:
+        while not cycle.disconnected and self.send_backlog(cycle.stream_id) > _SEND_HIGH_WATER:
+            waiter = self._loop.create_future()
+            self._send_waiters.append(waiter)
+            await waiter
+
+    def _wake_senders(self) -> None:
+        waiters, self._send_waiters = self._send_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def request_finished(self, cycle: _RequestCycle) -> None:
+        self._requests.pop(cycle.stream_id, None)
+
+
+def server_quic_configuration(
+    certfile: PathLike, keyfile: PathLike, *, idle_timeout: float = 60.0
+) -> QuicConfiguration:
+    """The QUIC configuration of the listener (certificate, ALPN h3, flow-control windows)."""
+    configuration = QuicConfiguration(
+        is_client=False,
+        alpn_protocols=H3_ALPN,
+        idle_timeout=idle_timeout,
+        max_data=8 << 20,
+        max_stream_data=2 << 20,
+    )
+    configuration.load_cert_chain(certfile, keyfile)
+    return configuration
+
+
+async def serve_h3(
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    certfile: PathLike,
+    keyfile: PathLike,
+    cafile: PathLike,
+    ready: asyncio.Event | None = None,
+    shutdown: asyncio.Event | None = None,
+    graceful_timeout: float = 5.0,
+    idle_timeout: float = 60.0,
+) -> None:
+    """Serve `app` over HTTP/3 on UDP `host:port` until `shutdown` is set (or cancellation).
+
+    On shutdown new requests are refused (H3_REQUEST_REJECTED), running ones get
+    `graceful_timeout` seconds to finish before they are cancelled, then every connection is
+    closed. Clients must present a certificate from `cafile`'s CA or none at all.
+    """
+    loop = asyncio.get_running_loop()
+    configuration = server_quic_configuration(certfile, keyfile, idle_timeout=idle_timeout)
+    service = _H3Service(app, ClientCertificateVerifier(Path(cafile).read_bytes()))
+    sock = sockets.udp_listener(host, port)
+    sockname = sock.getsockname()
+    service.server_address = (str(sockname[0]), int(sockname[1]))
+    # No session_ticket_fetcher/handler: the listener never issues or accepts tickets (see
+    # the module docstring for why).
+    transport, server = await loop.create_datagram_endpoint(
+        lambda: QuicServer(configuration=configuration, create_protocol=service.create_protocol),
+        sock=sock,
+    )
+    if ready is not None:
+        ready.set()
+    graceful = False
+    try:
+        if shutdown is None:
+            await loop.create_future()
+        else:
+            await shutdown.wait()
+        graceful = True
+    finally:
+        service.closing = True
+        if graceful and service.tasks:
+            await asyncio.wait(set(service.tasks), timeout=graceful_timeout)
+        for task in list(service.tasks):
+            task.cancel()
+        if graceful and service.tasks:
+            await asyncio.wait(set(service.tasks), timeout=1.0)
+        for protocol in list(service.protocols):
+            protocol.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="server shutting down")
+        server.close()
+        transport.close()

@@ -1,0 +1,442 @@
+"""A small asyncio HTTP/3 client (aioquic) for tests and the CLI.
+
+One `H3Client` is one QUIC connection; requests are multiplexed on it as streams, so a CLI
+that keeps a client open pays the ~8 ms handshake once. aioquic's own `connect()` can wait
+forever (for instance when a server rejects a resumed session), so every wait here has a
+timeout, and `connect()` returns only once the server has confirmed the handshake: a server
+that rejects our certificate closes the connection instead of confirming, and that shows up
+as an `H3ConnectionError` from `connect()` rather than from some later request.
+
+The HyperMesh listener issues no session tickets (see `hypermesh.transport.h3`), but the
+client supports them for other servers: pass `on_session_ticket` to collect tickets and
+`session_ticket` to offer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.tls import SessionTicket
+
+PathLike = str | os.PathLike[str]
+Headers = list[tuple[bytes, bytes]]
+
+USER_AGENT = b"hypermesh-h3client"
+
+
+class H3Error(Exception):
+    """Base class of every error the HTTP/3 client raises."""
+
+
+class H3ConnectionError(H3Error):
+    """The connection could not be established, or was closed (by the peer or a timeout)."""
+
+    def __init__(self, message: str, *, error_code: int | None = None) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+class H3StreamReset(H3Error):
+    """The server abandoned a response midway (RESET_STREAM)."""
+
+    def __init__(self, stream_id: int, error_code: int) -> None:
+        super().__init__(f"stream {stream_id} reset by the server (error 0x{error_code:x})")
+        self.error_code = error_code
+
+
+class H3StatusError(H3Error):
+    """`stream()` got an error status instead of a stream; the body explains why."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+
+
+class _Exchange:
+    """Client-side state of one request stream, filled in by the connection's events."""
+
+    __slots__ = ("chunks", "ended", "error", "headers", "status", "stream_id", "waiter")
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.status: int | None = None
+        self.headers: Headers = []
+        self.chunks: deque[bytes] = deque()
+        self.ended = False
+        self.error: H3Error | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def fail(self, error: H3Error) -> None:
+        if not self.ended and self.error is None:
+            self.error = error
+            self.wake()
+
+    async def wait(self) -> None:
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+
+class _H3ClientProtocol(QuicConnectionProtocol):
+    """Routes HTTP/3 events of one connection to the exchanges waiting for them."""
+
+    def __init__(self, quic: QuicConnection, **kwargs: Any) -> None:
+        super().__init__(quic, **kwargs)
+        self.h3 = H3Connection(quic)
+        self.exchanges: dict[int, _Exchange] = {}
+        self.closed_error: H3ConnectionError | None = None
+        self.confirmed: asyncio.Future[None] = self._loop.create_future()
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        super().datagram_received(data, addr)
+        # The server confirms the handshake (HANDSHAKE_DONE) only after it has accepted our
+        # certificate; aioquic raises no event for it, so look after every datagram.
+        if not self.confirmed.done() and self._quic._handshake_confirmed:
+            self.confirmed.set_result(None)
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.ConnectionTerminated):
+            reason = event.reason_phrase or "no reason given"
+            error = H3ConnectionError(
+                f"connection closed (error 0x{event.error_code:x}): {reason}",
+                error_code=event.error_code,
+            )
+            self.closed_error = error
+            for exchange in self.exchanges.values():
+                exchange.fail(error)
+            if not self.confirmed.done():
+                self.confirmed.set_exception(error)
+            return
+        for h3_event in self.h3.handle_event(event):
+            if isinstance(h3_event, HeadersReceived | DataReceived):
+                self._http_event_received(h3_event)
+        if isinstance(event, events.StreamReset):
+            reset = self.exchanges.pop(event.stream_id, None)
+            if reset is not None:
+                reset.fail(H3StreamReset(event.stream_id, event.error_code))
+
+    def _http_event_received(self, event: HeadersReceived | DataReceived) -> None:
+        exchange = self.exchanges.get(event.stream_id)
+        if exchange is None:
+            return
+        if isinstance(event, HeadersReceived):
+            # Only the first HEADERS frame is the response head; later ones are trailers.
+            if exchange.status is None:
+                for name, value in event.headers:
+                    if name == b":status":
+                        exchange.status = int(value)
+                    else:
+                        exchange.headers.append((name, value))
+        elif event.data:
+            exchange.chunks.append(event.data)
+        if event.stream_ended:
+            exchange.ended = True
+            del self.exchanges[event.stream_id]
+        exchange.wake()
+
+
+class H3Response:
+    """A response whose headers have arrived; iterate it for body chunks as they come."""
+
+    def __init__(self, client: H3Client, exchange: _Exchange) -> None:
+        self._client = client
+        self._exchange = exchange
+        assert exchange.status is not None
+        self.status: int = exchange.status
+        self.headers: Headers = exchange.headers
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lowercase), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def __aiter__(self) -> H3Response:
+        return self
+
+    async def __anext__(self) -> bytes:
+        exchange = self._exchange
+        while True:
+            if exchange.chunks:
+                return exchange.chunks.popleft()
+            if exchange.error is not None:
+                raise exchange.error
+            if exchange.ended:
+                raise StopAsyncIteration
+            await exchange.wait()
+
+    async def read(self) -> bytes:
+        """The rest of the body, once the server has ended the stream."""
+        return b"".join([chunk async for chunk in self])
+
+    async def aclose(self) -> None:
+        """Abandon the response; the server sees the stream reset (http.disconnect)."""
+        if not self._exchange.ended and self._exchange.error is None:
+            self._client._cancel(self._exchange)
+
+
+class H3Client:
+    """One HTTP/3 connection to a HyperMesh API server, optionally with a client certificate."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        cafile: PathLike,
+        certfile: PathLike | None = None,
+        keyfile: PathLike | None = None,
+        server_name: str | None = None,
+        connect_timeout: float = 5.0,
+        idle_timeout: float = 60.0,
+        keepalive_interval: float | None = 15.0,
+        session_ticket: SessionTicket | None = None,
+        on_session_ticket: Callable[[SessionTicket], None] | None = None,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._cafile = cafile
+        self._certfile = certfile
+        self._keyfile = keyfile
+        self._server_name = server_name or host
+        name = self._server_name
+        self._authority = (f"[{name}]" if ":" in name else name).encode("ascii") + b":%d" % port
+        self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+        self._keepalive_interval = keepalive_interval
+        self._session_ticket = session_ticket
+        self._on_session_ticket = on_session_ticket
+        self._protocol: _H3ClientProtocol | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+
+    # Connection lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _configuration(self) -> QuicConfiguration:
+        configuration = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=H3_ALPN,
+            server_name=self._server_name,
+            idle_timeout=self._idle_timeout,
+            # Large windows let a big list response stream without waiting on credit.
+            max_data=32 << 20,
+            max_stream_data=8 << 20,
+        )
+        configuration.load_verify_locations(cafile=os.fspath(self._cafile))
+        if self._certfile is not None:
+            configuration.load_cert_chain(
+                os.fspath(self._certfile),
+                os.fspath(self._keyfile) if self._keyfile is not None else None,
+            )
+        if self._session_ticket is not None:
+            configuration.session_ticket = self._session_ticket
+        return configuration
+
+    async def connect(self) -> None:
+        """Open the connection; raise H3ConnectionError if it fails or takes too long."""
+        if self._protocol is not None:
+            raise RuntimeError("H3Client is already connected")
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        quic = QuicConnection(
+            configuration=self._configuration(),
+            session_ticket_handler=self._on_session_ticket,
+        )
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+            sock.setblocking(False)
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: _H3ClientProtocol(quic), sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
+        self._transport = transport
+        self._protocol = protocol
+        try:
+            protocol.connect(address)
+            async with asyncio.timeout(self._connect_timeout):
+                await protocol.wait_connected()
+                await protocol.confirmed
+        except BaseException as exc:
+            error = protocol.closed_error
+            await self._teardown()
+            if isinstance(exc, TimeoutError):
+                raise H3ConnectionError(
+                    f"HTTP/3 connect to {self._host}:{self._port} timed out"
+                ) from exc
+            if isinstance(exc, ConnectionError | H3Error):
+                raise error or H3ConnectionError(f"HTTP/3 connect failed: {exc!r}") from exc
+            raise
+        if self._keepalive_interval:
+            self._keepalive = loop.create_task(self._keep_alive(self._keepalive_interval))
+
+    async def _keep_alive(self, interval: float) -> None:
+        # QUIC closes a connection silent for idle_timeout; a quiet watch must survive that.
+        protocol = self._protocol
+        while protocol is not None and protocol.closed_error is None:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(interval):
+                    await protocol.ping()
+
+    async def close(self) -> None:
+        """Close the connection (idempotent); open streams fail with H3ConnectionError."""
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        protocol, transport = self._protocol, self._transport
+        self._protocol = self._transport = None
+        if protocol is None or transport is None:
+            return
+        protocol.close()
+        # Let the close frame go out and aioquic's timers wind down, but never wait long.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await protocol.wait_closed()
+        transport.close()
+
+    @property
+    def session_resumed(self) -> bool:
+        """True if this connection resumed a TLS session from a ticket."""
+        return self._connected().session_resumed
+
+    def _connected(self) -> Any:
+        if self._protocol is None:
+            raise H3ConnectionError("H3Client is not connected")
+        if self._protocol.closed_error is not None:
+            raise self._protocol.closed_error
+        return self._protocol._quic.tls
+
+    # Requests
+
+    async def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+    ) -> H3Response:
+        """Send a request and wait for the response headers (not the body)."""
+        self._connected()
+        protocol = self._protocol
+        assert protocol is not None
+        stream_id = protocol._quic.get_next_available_stream_id()
+        exchange = _Exchange(stream_id)
+        protocol.exchanges[stream_id] = exchange
+        request_headers: Headers = [
+            (b":method", method.encode("ascii")),
+            (b":scheme", b"https"),
+            (b":authority", self._authority),
+            (b":path", path.encode("ascii")),
+            (b"user-agent", USER_AGENT),
+        ]
+        if body:
+            request_headers.append((b"content-length", str(len(body)).encode("ascii")))
+        request_headers.extend((name.lower(), value) for name, value in headers)
+        protocol.h3.send_headers(stream_id, request_headers, end_stream=not body)
+        if body:
+            protocol.h3.send_data(stream_id, body, end_stream=True)
+        protocol.transmit()
+        try:
+            while exchange.status is None:
+                if exchange.error is not None:
+                    raise exchange.error
+                if exchange.ended:
+                    raise H3Error(f"stream {stream_id} ended without response headers")
+                await exchange.wait()
+        except BaseException:
+            self._cancel(exchange)
+            raise
+        return H3Response(self, exchange)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+        timeout: float | None = 30.0,
+    ) -> tuple[int, Headers, bytes]:
+        """Send a request and return `(status, headers, body)` once the response is complete."""
+        async with asyncio.timeout(timeout):
+            response = await self.open(method, path, headers=headers, body=body)
+            try:
+                data = await response.read()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response.status, response.headers, data
+
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+    ) -> AsyncIterator[bytes]:
+        """Yield body chunks as they arrive (for watches); raise H3StatusError on >= 400.
+
+        Leaving early resets the stream; wrap the call in `contextlib.aclosing` so that
+        happens at once rather than when the generator is garbage-collected.
+        """
+        response = await self.open(method, path, headers=headers, body=body)
+        try:
+            if response.status >= 400:
+                raise H3StatusError(response.status, await response.read())
+            async for chunk in response:
+                yield chunk
+        finally:
+            await response.aclose()
+
+    def _cancel(self, exchange: _Exchange) -> None:
+        protocol = self._protocol
+        exchange.fail(H3Error(f"stream {exchange.stream_id} cancelled by the client"))
+        if protocol is None or protocol.closed_error is not None:
+            return
+        protocol.exchanges.pop(exchange.stream_id, None)
+        with contextlib.suppress(ValueError, AssertionError):
+            protocol._quic.reset_stream(exchange.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            protocol._quic.stop_stream(exchange.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+        protocol.transmit()
