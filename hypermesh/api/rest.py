@@ -402,6 +402,7 @@ class ResourceAPI:
             if added:
                 raise errors.forbidden(f"no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)}")
         new, warnings = self._validate(rtype, new, req, old=old)
+        meta = new["metadata"]
         await self.admission.before_write(rtype, old, new)
         if objects.spec_part(new, rtype) != objects.spec_part(old, rtype):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1

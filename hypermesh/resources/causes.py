@@ -61,7 +61,8 @@ def type_invalid(path: str, value: Any, expected: str, actual: str) -> Cause:
 
 
 def not_supported(path: str, value: Any, supported: str) -> Cause:
-    return Cause(NOT_SUPPORTED, path, f"Unsupported value: {render(value)}: supported values: {supported}")
+    message = f"Unsupported value: {render(value)}: supported values: {supported}"
+    return Cause(NOT_SUPPORTED, path, message)
 
 
 def too_long(path: str, maximum: int) -> Cause:

@@ -62,7 +62,7 @@ class CertificateSpec(Model):
     dns_names: list[str] | None = None
     ip_addresses: list[str] | None = None
     uris: list[str] | None = None
-    is_ca: bool | None = Field(default=None, alias="isCA")
+    is_ca: bool | None = None
     duration: Duration = "24h"
     renew_before: Duration | None = None
     usages: list[KeyUsage] | None = None

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field
 
 from hypermesh.resources.meta import (
+    DNS_LABEL_PATTERN,
     Condition,
     DNSLabel,
     IntOrString,
@@ -51,6 +52,8 @@ Protocol = Literal["TCP", "UDP"]
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
 NonNegative = Annotated[int, Field(ge=0)]
 Positive = Annotated[int, Field(ge=1)]
+# An IANA service name, referable from probes and from a Service's targetPort.
+PortName = Annotated[str, Field(max_length=15, pattern=DNS_LABEL_PATTERN)]
 
 
 class EnvVar(Model):
@@ -59,7 +62,7 @@ class EnvVar(Model):
 
 
 class ContainerPort(Model):
-    name: Annotated[str, Field(max_length=15, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] | None = None
+    name: PortName | None = None
     container_port: PortNumber
     protocol: Protocol = "TCP"
 
@@ -196,7 +199,7 @@ class ContainerStateTerminated(Model):
     message: str | None = None
     started_at: datetime.datetime | None = None
     finished_at: datetime.datetime | None = None
-    container_id: str | None = Field(default=None, alias="containerID")
+    container_id: str | None = None
 
 
 class ContainerState(Model):
@@ -210,8 +213,8 @@ class ContainerState(Model):
 class ContainerStatus(Model):
     name: str
     image: str | None = None
-    image_id: str | None = Field(default=None, alias="imageID")
-    container_id: str | None = Field(default=None, alias="containerID")
+    image_id: str | None = None
+    container_id: str | None = None
     ready: bool = False
     started: bool | None = None
     restart_count: NonNegative = 0
@@ -225,8 +228,8 @@ class InstanceStatus(Model):
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"] | None = None
     reason: str | None = None
     message: str | None = None
-    instance_ip: str | None = Field(default=None, alias="instanceIP")
-    host_ip: str | None = Field(default=None, alias="hostIP")
+    instance_ip: str | None = None
+    host_ip: str | None = None
     nominated_node_name: str | None = None
     start_time: datetime.datetime | None = None
     container_statuses: list[ContainerStatus] | None = None

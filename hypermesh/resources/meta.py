@@ -17,7 +17,6 @@ import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from pydantic.alias_generators import to_camel
 
 __all__ = [
     "DNS_LABEL_PATTERN",
@@ -38,6 +37,7 @@ __all__ = [
     "Resource",
     "get_condition",
     "set_condition",
+    "wire_name",
 ]
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -62,10 +62,24 @@ Quantity = int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
+# Initialisms Kubernetes spells in capitals inside camelCase names (hostIP, machineID, isCA).
+_INITIALISMS = {"ip": "IP", "cidr": "CIDR", "id": "ID", "uuid": "UUID", "ca": "CA"}
+
+
+def wire_name(field: str) -> str:
+    """The camelCase wire name of a snake_case field: `instance_ip` -> `instanceIP`.
+
+    Computed by the alias generator rather than written as per-field aliases, so that type
+    checkers (which only see field names) accept `InstanceStatus(instance_ip=...)`.
+    """
+    first, *rest = field.split("_")
+    return first + "".join(_INITIALISMS.get(word, word[:1].upper() + word[1:]) for word in rest)
+
+
 class Model(BaseModel):
     """Base of every HyperMesh model: camelCase on the wire, unknown fields refused."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(alias_generator=wire_name, populate_by_name=True, extra="forbid")
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form: camelCase keys, JSON-ready values, unset (None) fields left out."""
@@ -96,7 +110,7 @@ class ManagedFieldsEntry(Model):
     api_version: str | None = None
     time: datetime.datetime | None = None
     fields_type: str | None = None
-    fields_v1: dict[str, Any] | None = Field(default=None, alias="fieldsV1")
+    fields_v1: dict[str, Any] | None = None
     subresource: str | None = None
 
 

@@ -39,7 +39,7 @@ class Taint(Model):
 class NodeSpec(Model):
     unschedulable: bool | None = None
     taints: list[Taint] | None = None
-    instance_cidr: str | None = Field(default=None, alias="instanceCIDR")
+    instance_cidr: str | None = None
 
 
 class NodeCondition(Condition):
@@ -62,9 +62,9 @@ class DaemonEndpoints(Model):
 
 
 class NodeInfo(Model):
-    machine_id: str | None = Field(default=None, alias="machineID")
-    system_uuid: str | None = Field(default=None, alias="systemUUID")
-    boot_id: str | None = Field(default=None, alias="bootID")
+    machine_id: str | None = None
+    system_uuid: str | None = None
+    boot_id: str | None = None
     kernel_version: str | None = None
     os_image: str | None = None
     operating_system: str | None = None

@@ -34,6 +34,7 @@ import yaml
 
 from hypermesh.resources.errors import CRDError
 from hypermesh.resources.schema import CompiledSchema, compile_schema
+from hypermesh.resources.values import render
 
 __all__ = [
     "BUILTIN_DIR",
@@ -53,9 +54,7 @@ _PACKAGED_CRD_DIR = _PACKAGE_DIR / "crds"
 # A checkout is recognised by one of its CRD files, not just by a directory of that name, so an
 # unrelated `crds/` beside site-packages can never be picked up.
 CRD_DIR = (
-    _CHECKOUT_CRD_DIR
-    if (_CHECKOUT_CRD_DIR / "workload.yaml").is_file()
-    else _PACKAGED_CRD_DIR
+    _CHECKOUT_CRD_DIR if (_CHECKOUT_CRD_DIR / "workload.yaml").is_file() else _PACKAGED_CRD_DIR
 )
 
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -168,9 +167,11 @@ def _string(
     if value is None or value == "":
         raise CRDError(f"{where}.{key}", "Required value")
     if not isinstance(value, str):
-        raise CRDError(f"{where}.{key}", f"Invalid value: {value!r}: must be a string")
+        raise CRDError(f"{where}.{key}", f"Invalid value: {render(value)}: must be a string")
     if pattern is not None and pattern.match(value) is None:
-        raise CRDError(f"{where}.{key}", f'Invalid value: "{value}": must match {pattern.pattern}')
+        raise CRDError(
+            f"{where}.{key}", f"Invalid value: {render(value)}: must match {pattern.pattern}"
+        )
     return value
 
 
@@ -182,7 +183,10 @@ def _names(
         raise CRDError(f"{where}.{key}", "Invalid value: must be a list of strings")
     for index, item in enumerate(value):
         if not isinstance(item, str) or pattern.match(item) is None:
-            raise CRDError(f"{where}.{key}[{index}]", f"Invalid value: {item!r}: must match {pattern.pattern}")
+            raise CRDError(
+                f"{where}.{key}[{index}]",
+                f"Invalid value: {render(item)}: must match {pattern.pattern}",
+            )
     return tuple(value)
 
 
@@ -259,10 +263,14 @@ def types_from_crd(crd: dict[str, Any], *, builtin: bool = False) -> list[Resour
     `builtin=True` admits the core group (`spec.group: ""`), for HyperMesh's packaged kinds.
     """
     crd = _mapping(crd, "")
-    if crd.get("apiVersion") != "apiextensions.k8s.io/v1":
-        raise CRDError("apiVersion", f'Unsupported value: {crd.get("apiVersion")!r}: supported values: "apiextensions.k8s.io/v1"')
-    if crd.get("kind") != "CustomResourceDefinition":
-        raise CRDError("kind", f'Unsupported value: {crd.get("kind")!r}: supported values: "CustomResourceDefinition"')
+    for key, expected in (
+        ("apiVersion", "apiextensions.k8s.io/v1"),
+        ("kind", "CustomResourceDefinition"),
+    ):
+        if crd.get(key) != expected:
+            raise CRDError(
+                key, f'Unsupported value: {render(crd.get(key))}: supported values: "{expected}"'
+            )
     metadata = _mapping(crd.get("metadata"), "metadata")
     spec = _mapping(crd.get("spec"), "spec")
 
@@ -272,17 +280,24 @@ def types_from_crd(crd: dict[str, Any], *, builtin: bool = False) -> list[Resour
     else:
         group = _string(spec, "group", "spec", pattern=_DNS1123_SUBDOMAIN)
         if "." not in group:
-            raise CRDError("spec.group", f'Invalid value: "{group}": should be a domain with at least one dot')
+            raise CRDError(
+                "spec.group", f'Invalid value: "{group}": should be a domain with at least one dot'
+            )
 
     names = _mapping(spec.get("names"), "spec.names")
     plural = _string(names, "plural", "spec.names", pattern=_DNS1035_LABEL)
     kind = _string(names, "kind", "spec.names", pattern=_KIND)
     singular = names.get("singular") or kind.lower()
     if not isinstance(singular, str) or _DNS1035_LABEL.match(singular) is None:
-        raise CRDError("spec.names.singular", f"Invalid value: {singular!r}: must match {_DNS1035_LABEL.pattern}")
+        raise CRDError(
+            "spec.names.singular",
+            f"Invalid value: {render(singular)}: must match {_DNS1035_LABEL.pattern}",
+        )
     list_kind = names.get("listKind") or f"{kind}List"
     if not isinstance(list_kind, str) or _KIND.match(list_kind) is None:
-        raise CRDError("spec.names.listKind", f"Invalid value: {list_kind!r}: must match {_KIND.pattern}")
+        raise CRDError(
+            "spec.names.listKind", f"Invalid value: {render(list_kind)}: must match {_KIND.pattern}"
+        )
     short_names = _names(names, "shortNames", "spec.names", _DNS1035_LABEL)
     categories = _names(names, "categories", "spec.names", _DNS1035_LABEL)
 
@@ -290,12 +305,16 @@ def types_from_crd(crd: dict[str, Any], *, builtin: bool = False) -> list[Resour
     if metadata.get("name") != expected_name:
         raise CRDError(
             "metadata.name",
-            f'Invalid value: {metadata.get("name")!r}: must be spec.names.plural+"."+spec.group ("{expected_name}")',
+            f"Invalid value: {render(metadata.get('name'))}: "
+            f'must be spec.names.plural+"."+spec.group ("{expected_name}")',
         )
 
     scope = spec.get("scope")
     if scope not in ("Namespaced", "Cluster"):
-        raise CRDError("spec.scope", f'Unsupported value: {scope!r}: supported values: "Namespaced", "Cluster"')
+        raise CRDError(
+            "spec.scope",
+            f'Unsupported value: {render(scope)}: supported values: "Namespaced", "Cluster"',
+        )
 
     versions = spec.get("versions")
     if not isinstance(versions, list) or not versions:
@@ -341,7 +360,8 @@ def types_from_crd(crd: dict[str, Any], *, builtin: bool = False) -> list[Resour
     if len(storage_versions) != 1:
         raise CRDError(
             "spec.versions",
-            f"Invalid value: must have exactly one version marked as storage version, found {storage_versions}",
+            "Invalid value: must have exactly one version marked as storage version, "
+            f"found {storage_versions}",
         )
     return types
 

@@ -14,9 +14,10 @@ A write goes through four operations, all of them here:
 - `validate` reports every violation as a `Cause`.
 
 A schema is compiled once (`compile_schema`, or `ResourceType.validator`) into a tree of nodes
-with a fast path that every valid object takes (see `schema_nodes`); the module-level functions accept
-either a compiled schema or a raw one, compiling and memoising the latter. Compiling refuses a
-malformed schema with `CRDError`; after that, no JSON input makes these functions raise.
+with a fast path that every valid object takes (see `schema_nodes`); the module-level functions
+accept either a compiled schema or a raw one, compiling and memoising the latter. Compiling
+refuses a malformed schema with `CRDError`; after that, no JSON input makes these functions
+raise.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ __all__ = [
 class CompiledSchema:
     """A structural schema compiled for repeated use; cheap to call, safe on any JSON input."""
 
-    __slots__ = ("schema", "_root")
+    __slots__ = ("_root", "schema")
 
     def __init__(self, schema: dict[str, Any], root: SchemaNode) -> None:
         self.schema = schema

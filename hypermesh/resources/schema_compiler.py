@@ -212,11 +212,17 @@ def _compile_array(node: SchemaNode, schema: dict[str, Any], where: str) -> None
             f'Unsupported value: {render(list_type)}: supported values: "atomic", "set", "map"',
         )
     if node.type != "array":
-        raise CRDError(f"{where}.type", 'Invalid value: must be "array" with x-kubernetes-list-type')
+        raise CRDError(
+            f"{where}.type", 'Invalid value: must be "array" with x-kubernetes-list-type'
+        )
     node.set_list = list_type == "set"
     if list_type != "map":
         return
-    if not isinstance(map_keys, list) or not map_keys or not all(isinstance(k, str) for k in map_keys):
+    if (
+        not isinstance(map_keys, list)
+        or not map_keys
+        or not all(isinstance(k, str) for k in map_keys)
+    ):
         raise CRDError(
             f"{where}.x-kubernetes-list-map-keys",
             'Required value: a non-empty list of field names when x-kubernetes-list-type is "map"',
@@ -277,7 +283,9 @@ def _compile_rules(schema: dict[str, Any], where: str) -> list[rules.Rule]:
         try:
             pattern = re.compile(source)
         except re.error as error:
-            raise CRDError(f"{where}.pattern", f"Invalid value: {render(source)}: {error}") from None
+            raise CRDError(
+                f"{where}.pattern", f"Invalid value: {render(source)}: {error}"
+            ) from None
     format_name = schema.get("format")
     if format_name is not None and not isinstance(format_name, str):
         raise CRDError(f"{where}.format", "Invalid value: must be a string")

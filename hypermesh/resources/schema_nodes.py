@@ -78,27 +78,27 @@ class SchemaNode:
     """One compiled schema node."""
 
     __slots__ = (
-        "type",
-        "type_label",
-        "nullable",
-        "int_or_string",
-        "properties",
-        "required",
         "additional",
-        "open",
-        "opaque",
-        "walk_object",
-        "meta",
-        "items",
-        "map_keys",
-        "map_key_defaults",
-        "set_list",
         "checks",
-        "preds",
-        "has_default",
         "default_value",
         "defaulted",
         "fast",
+        "has_default",
+        "int_or_string",
+        "items",
+        "map_key_defaults",
+        "map_keys",
+        "meta",
+        "nullable",
+        "opaque",
+        "open",
+        "preds",
+        "properties",
+        "required",
+        "set_list",
+        "type",
+        "type_label",
+        "walk_object",
     )
 
     def __init__(self, type: str | None = None) -> None:
@@ -134,13 +134,26 @@ class SchemaNode:
         """Builds `fast` from the node's attributes; call once the children are finished."""
         self.fast = self._build_fast()
 
+    def plain_type(self) -> type | None:
+        """The one exact Python type this node accepts, if that is all it checks."""
+        if self.preds or self.nullable or self.walk_object or self.items is not None:
+            return None
+        if self.type in ("string", "integer", "boolean"):
+            return _FAST_TYPES[self.type][0]
+        return None
+
     def _build_fast(self) -> Callable[[Any], bool]:
         preds = self.preds
         # What the precise walk accepts for null: a nullable node, or an untyped one.
         null_ok = self.nullable or (self.type is None and not self.int_or_string)
 
         if self.walk_object:
-            fields = {name: node.fast for name, node in (self.properties or {}).items()}
+            # A field whose whole check is "exactly this Python type" is stored as the type, so
+            # the loop compares types instead of calling a function (most fields are like that).
+            fields: dict[str, Any] = {
+                name: node.plain_type() or node.fast
+                for name, node in (self.properties or {}).items()
+            }
             additional = self.additional.fast if self.additional is not None else None
             required = self.required
             walk = bool(fields) or additional is not None
@@ -161,7 +174,10 @@ class SchemaNode:
                     for key, item in value.items():
                         child = fields.get(key)
                         if child is not None:
-                            if not child(item):
+                            if child.__class__ is type:
+                                if type(item) is not child:
+                                    return False
+                            elif not child(item):
                                 return False
                         elif additional is not None and not additional(item):
                             return False
@@ -213,7 +229,7 @@ class SchemaNode:
             return fast_array
 
         if self.type is not None:
-            accepted = _FAST_TYPES[self.type] if self.type in _FAST_TYPES else ()
+            accepted = _FAST_TYPES.get(self.type, ())
         elif self.int_or_string:
             accepted = (int, str)
         else:
@@ -276,10 +292,14 @@ class SchemaNode:
             ):
                 out.append(causes.type_invalid(path, value, self.type_label, kind))
                 return
-        elif self.int_or_string and kind != "integer" and kind != "string":
-            if not (kind == "number" and value.is_integer()):
-                out.append(causes.type_invalid(path, value, self.type_label, kind))
-                return
+        elif (
+            self.int_or_string
+            and kind != "integer"
+            and kind != "string"
+            and not (kind == "number" and value.is_integer())
+        ):
+            out.append(causes.type_invalid(path, value, self.type_label, kind))
+            return
         if kind == "object":
             for name in self.required:
                 if name not in value:

@@ -10,6 +10,7 @@ Each function guards its own value kind, so a rule never raises on a value of an
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -63,7 +64,8 @@ def number(
             quotient = value / multiple_of
         except (OverflowError, ValueError, ZeroDivisionError):
             return False
-        return quotient == quotient and abs(quotient - round(quotient)) < 1e-9
+        # NaN and infinities are multiples of nothing.
+        return math.isfinite(quotient) and abs(quotient - round(quotient)) < 1e-9
 
     def check(value: Any, kind: str, path: str, out: list[Cause]) -> None:
         if kind != "integer" and kind != "number":

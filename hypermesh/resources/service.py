@@ -13,7 +13,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from hypermesh.resources.meta import Condition, Duration, IntOrString, Model, Resource
+from hypermesh.resources.meta import (
+    DNS_LABEL_PATTERN,
+    Condition,
+    Duration,
+    IntOrString,
+    Model,
+    Resource,
+)
 
 __all__ = [
     "CircuitBreaker",
@@ -31,10 +38,11 @@ __all__ = [
 
 Protocol = Literal["TCP", "UDP"]
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
+PortName = Annotated[str, Field(max_length=15, pattern=DNS_LABEL_PATTERN)]
 
 
 class ServicePort(Model):
-    name: Annotated[str, Field(max_length=15, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] | None = None
+    name: PortName | None = None
     port: PortNumber
     target_port: IntOrString | None = None
     protocol: Protocol = "TCP"
@@ -67,7 +75,7 @@ class TrafficPolicy(Model):
 class ServiceSpec(Model):
     type: Literal["ClusterIP", "Headless"] = "ClusterIP"
     selector: dict[str, str] | None = None
-    cluster_ip: str | None = Field(default=None, alias="clusterIP")
+    cluster_ip: str | None = None
     ports: list[ServicePort] | None = None
     traffic_policy: TrafficPolicy | None = None
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from hypermesh.resources.instance import InstanceSpec
-from hypermesh.resources.meta import Condition, IntOrString, LabelSelector, Model, Resource
+from hypermesh.resources.meta import Condition, LabelSelector, Model, Resource
 
 __all__ = [
     "InstanceTemplate",

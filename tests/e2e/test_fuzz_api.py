@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -50,7 +52,7 @@ def test_random_bodies_never_500(server: Server) -> None:
             if method == "DELETE":
                 # Deletes run as dry runs, so the fuzzer cannot remove the kinds it probes.
                 params = {**params, "dryRun": "All"}
-            content = raw if raw is not None else orjson.dumps(body)
+            content = raw if raw is not None else json.dumps(body).encode()
             response = http.request(method, path, content=content, headers={"content-type": content_type}, params=params)
             assert response.status_code < 500, (method, path, content[:200], params, response.text[:500])
             if response.status_code >= 400:

@@ -79,19 +79,21 @@ def test_get_table_yaml_and_selectors(server: Server, namespace: str) -> None:
 
 def test_server_side_apply_conflicts_and_force(server: Server, namespace: str) -> None:
     server.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=WORKLOAD)
-    obj = server.kubectl_json("get", "-n", namespace, "wl", "web")
+    obj = server.kubectl_json("get", "-n", namespace, "wl", "web", "--show-managed-fields")
     managers = {m["manager"] for m in obj["metadata"]["managedFields"]}
     assert "kubectl" in managers
     # Another manager changing replicas conflicts with kubectl's ownership.
-    result = server.kubectl("apply", "--server-side", "--field-manager", "scaler", "-n", namespace, "-f", "-", input=WORKLOAD.replace("replicas: 3", "replicas: 7"), check=False)
+    scale = "apiVersion: hypermesh.io/v1\nkind: Workload\nmetadata: {name: web}\nspec: {replicas: 7}\n"
+    result = server.kubectl("apply", "--server-side", "--field-manager", "scaler", "-n", namespace, "-f", "-", input=scale, check=False)
     assert result.returncode != 0
     assert "conflict" in result.stderr.lower() and "kubectl" in result.stderr and ".spec.replicas" in result.stderr
-    server.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "scaler", "-n", namespace, "-f", "-", input=WORKLOAD.replace("replicas: 3", "replicas: 7"))
+    server.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "scaler", "-n", namespace, "-f", "-", input=scale)
     assert server.kubectl_json("get", "-n", namespace, "wl", "web")["spec"]["replicas"] == 7
-    # A field the manager stops applying is removed.
+    # A field the manager stops applying is removed; replicas now belongs to the scaler and stays.
     server.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=WORKLOAD.replace("        ports: [{name: http, containerPort: 8080}]\n", "").replace("  replicas: 3\n", ""))
-    container = server.kubectl_json("get", "-n", namespace, "wl", "web")["spec"]["template"]["spec"]["containers"][0]
-    assert "ports" not in container
+    spec = server.kubectl_json("get", "-n", namespace, "wl", "web")["spec"]
+    assert "ports" not in spec["template"]["spec"]["containers"][0]
+    assert spec["replicas"] == 7
 
 
 def test_patch_types(server: Server, namespace: str) -> None:
@@ -213,7 +215,7 @@ def test_crd_registration_and_removal(server: Server, namespace: str) -> None:
 
 
 def test_namespace_delete_removes_contents(server: Server) -> None:
-    server.kubectl("create", "namespace", "doomed")
+    server.kubectl("apply", "-f", "-", input="apiVersion: v1\nkind: Namespace\nmetadata: {name: doomed}\n")
     server.kubectl("apply", "-n", "doomed", "-f", "-", input=WORKLOAD)
     server.kubectl("delete", "namespace", "doomed", "--timeout=30s")
     assert server.kubectl("get", "namespace", "doomed", check=False).returncode != 0
@@ -233,7 +235,7 @@ def test_unknown_resource_and_missing_object(server: Server, namespace: str) -> 
 @pytest.mark.parametrize("kind", ["secret", "lease"])
 def test_core_kinds(server: Server, namespace: str, kind: str) -> None:
     if kind == "secret":
-        server.kubectl("create", "secret", "generic", "s1", "-n", namespace, "--from-literal=password=hunter2")
+        server.kubectl("apply", "-n", namespace, "-f", "-", input="apiVersion: v1\nkind: Secret\nmetadata: {name: s1}\nstringData: {password: hunter2}\n")
         data = server.kubectl_json("get", "secret", "s1", "-n", namespace)["data"]
         assert data["password"] == "aHVudGVyMg=="
     else:

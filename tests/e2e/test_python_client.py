@@ -88,32 +88,22 @@ def test_status_subresource_and_generation(custom: client.CustomObjectsApi, name
     assert status_only["spec"]["replicas"] == 4 and status_only["status"]["replicas"] == 2
 
 
-def test_json_patch_test_guard_and_ssa(custom: client.CustomObjectsApi, k8s: client.ApiClient, namespace: str) -> None:
+def test_json_patch_test_guard_and_ssa(custom: client.CustomObjectsApi, namespace: str) -> None:
     obj = custom.create_namespaced_custom_object(G, V, namespace, "workloads", workload("p"))
     rv = obj["metadata"]["resourceVersion"]
+    # kopf's finalizer patch: a JSON patch guarded by a test of resourceVersion.
     ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, {"op": "add", "path": "/metadata/finalizers", "value": ["x.io/f"]}]
-    api = client.CustomObjectsApi(k8s)
-    out = api.api_client.call_api(
-        f"/apis/{G}/{V}/namespaces/{namespace}/workloads/p", "PATCH", body=ops,
-        header_params={"Content-Type": "application/json-patch+json", "Accept": "application/json"},
-        auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True,
-    )
+    out = custom.patch_namespaced_custom_object(G, V, namespace, "workloads", "p", ops, _content_type="application/json-patch+json")
     assert out["metadata"]["finalizers"] == ["x.io/f"]
     with pytest.raises(ApiException) as exc:
-        api.api_client.call_api(
-            f"/apis/{G}/{V}/namespaces/{namespace}/workloads/p", "PATCH", body=ops,
-            header_params={"Content-Type": "application/json-patch+json", "Accept": "application/json"},
-            auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True,
-        )
+        custom.patch_namespaced_custom_object(G, V, namespace, "workloads", "p", ops, _content_type="application/json-patch+json")
     assert exc.value.status == 422
+    assert custom.get_namespaced_custom_object(G, V, namespace, "workloads", "p")["metadata"]["finalizers"] == ["x.io/f"]
     # Server-side apply creating an object answers 201.
-    applied = api.api_client.call_api(
-        f"/apis/{G}/{V}/namespaces/{namespace}/workloads/ssa", "PATCH", body=workload("ssa", 2),
-        query_params=[("fieldManager", "tester")],
-        header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-        auth_settings=["BearerToken"], response_type="object",
+    result = custom.patch_namespaced_custom_object_with_http_info(
+        G, V, namespace, "workloads", "ssa", workload("ssa", 2), field_manager="tester", _content_type="application/apply-patch+yaml"
     )
-    assert applied[1] == 201
+    assert result[1] == 201  # (data, status, headers)
     assert custom.get_namespaced_custom_object(G, V, namespace, "workloads", "ssa")["metadata"]["managedFields"][0]["manager"] == "tester"
 
 

@@ -93,7 +93,9 @@ def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _model_shape(schema: dict[str, Any], defs: dict[str, Any], path: str, out: dict[str, Shape]) -> None:
+def _model_shape(
+    schema: dict[str, Any], defs: dict[str, Any], path: str, out: dict[str, Shape]
+) -> None:
     schema = _resolve(schema, defs)
     shape: Shape = {}
     if "anyOf" in schema:
@@ -121,7 +123,9 @@ def _model_shape(schema: dict[str, Any], defs: dict[str, Any], path: str, out: d
             _model_shape(additional, defs, f"{path}{{}}", out)
         else:
             shape["type"] = "object"
-            shape["open"] = additional is True or (additional is None and "properties" not in schema)
+            shape["open"] = additional is True or (
+                additional is None and "properties" not in schema
+            )
             shape["required"] = frozenset(schema.get("required", ()))
             for name, sub in schema.get("properties", {}).items():
                 _model_shape(sub, defs, f"{path}.{name}", out)
@@ -286,7 +290,8 @@ def _examples() -> list[Resource]:
         models.Node(
             metadata=models.ObjectMeta(name="node-1"),
             spec=models.NodeSpec(
-                taints=[models.Taint(key="dedicated", effect="NoSchedule")], instance_cidr="fd00::/64"
+                taints=[models.Taint(key="dedicated", effect="NoSchedule")],
+                instance_cidr="fd00::/64",
             ),
             status=models.NodeStatus(
                 capacity={"cpu": 4, "memory": "8Gi"},
@@ -368,7 +373,9 @@ def _sample_string(schema: dict[str, Any]) -> str:
     for sample in _STRING_SAMPLES:
         if "pattern" in schema and not re.search(schema["pattern"], sample):
             continue
-        if len(sample) > schema.get("maxLength", 1 << 30) or len(sample) < schema.get("minLength", 0):
+        if len(sample) > schema.get("maxLength", 1 << 30) or len(sample) < schema.get(
+            "minLength", 0
+        ):
             continue
         return sample
     raise AssertionError(f"no sample string fits {schema}")

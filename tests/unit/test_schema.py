@@ -99,7 +99,10 @@ def test_missing_required_fields_are_reported_with_their_paths() -> None:
         ("FieldValueRequired", "spec.template.spec.containers[0].image", "Required value"),
         ("FieldValueRequired", "spec.template.spec.containers[1].name", "Required value"),
     }
-    assert only(WORKLOAD.validate({"apiVersion": "hypermesh.io/v1", "kind": "Workload"})).field == "spec"
+    assert (
+        only(WORKLOAD.validate({"apiVersion": "hypermesh.io/v1", "kind": "Workload"})).field
+        == "spec"
+    )
 
 
 def test_bounds_lengths_and_patterns() -> None:
@@ -130,7 +133,9 @@ def test_bounds_lengths_and_patterns() -> None:
     obj = workload()
     obj["spec"]["template"]["spec"]["containers"] = []
     cause = only(WORKLOAD.validate(obj))
-    assert cause.message.endswith("spec.template.spec.containers in body should have at least 1 items")
+    assert cause.message.endswith(
+        "spec.template.spec.containers in body should have at least 1 items"
+    )
 
 
 def test_formats_are_checked_on_strings() -> None:
@@ -172,7 +177,10 @@ def test_int_or_string_and_quantities() -> None:
     container(obj)["resources"] = {"requests": {"cpu": "100m", "memory": 1024}}
     assert WORKLOAD.validate(obj) == []
     container(obj)["resources"] = {"limits": {"memory": "lots"}}
-    assert only(WORKLOAD.validate(obj)).field == "spec.template.spec.containers[0].resources.limits[memory]"
+    assert (
+        only(WORKLOAD.validate(obj)).field
+        == "spec.template.spec.containers[0].resources.limits[memory]"
+    )
 
 
 def test_map_values_are_validated_under_bracketed_keys() -> None:
@@ -226,8 +234,18 @@ def test_generic_keywords() -> None:
         {
             "type": "object",
             "properties": {
-                "ratio": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "multipleOf": 0.5},
-                "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2, "uniqueItems": True},
+                "ratio": {
+                    "type": "number",
+                    "exclusiveMinimum": True,
+                    "minimum": 0,
+                    "multipleOf": 0.5,
+                },
+                "tags": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "maxItems": 2,
+                    "uniqueItems": True,
+                },
                 "labels": {
                     "type": "object",
                     "additionalProperties": {"type": "string"},
@@ -240,7 +258,15 @@ def test_generic_keywords() -> None:
             },
         }
     )
-    good = {"ratio": 1.5, "tags": ["a"], "labels": {"a": "b"}, "either": 1, "any": True, "both": "ab", "never": "x"}
+    good = {
+        "ratio": 1.5,
+        "tags": ["a"],
+        "labels": {"a": "b"},
+        "either": 1,
+        "any": True,
+        "both": "ab",
+        "never": "x",
+    }
     assert schema.validate(good) == []
     bad = {
         "ratio": 0,
@@ -270,7 +296,9 @@ def test_generic_keywords() -> None:
 
 def test_module_functions_take_raw_or_compiled_schemas() -> None:
     raw = _type("workloads").schema
-    assert schemas.validate(workload(replicas="x"), raw) == WORKLOAD.validate(workload(replicas="x"))
+    assert schemas.validate(workload(replicas="x"), raw) == WORKLOAD.validate(
+        workload(replicas="x")
+    )
     assert schemas.unknown_fields(workload(bogus=1), WORKLOAD) == ["spec.bogus"]
     assert schemas.prune(workload(bogus=1), raw) == workload()
     assert schemas.apply_defaults(workload(), raw)["spec"]["replicas"] == 1
@@ -358,7 +386,9 @@ def test_workload_defaults() -> None:
 
 
 def test_defaults_keep_given_values_and_replace_disallowed_nulls() -> None:
-    defaulted = WORKLOAD.apply_defaults(workload(replicas=None, paused=None, revisionHistoryLimit=2))
+    defaulted = WORKLOAD.apply_defaults(
+        workload(replicas=None, paused=None, revisionHistoryLimit=2)
+    )
     assert defaulted["spec"]["replicas"] == 1
     assert "paused" not in defaulted["spec"]
     assert defaulted["spec"]["revisionHistoryLimit"] == 2
@@ -377,12 +407,21 @@ def test_embedded_resources_get_an_envelope() -> None:
                 "template": {
                     "type": "object",
                     "x-kubernetes-embedded-resource": True,
-                    "properties": {"spec": {"type": "object", "properties": {"n": {"type": "integer"}}}},
+                    "properties": {
+                        "spec": {"type": "object", "properties": {"n": {"type": "integer"}}}
+                    },
                 }
             },
         }
     )
-    obj = {"template": {"apiVersion": "v1", "kind": "X", "metadata": {"name": "a", "x": 1}, "spec": {"n": 1}}}
+    obj = {
+        "template": {
+            "apiVersion": "v1",
+            "kind": "X",
+            "metadata": {"name": "a", "x": 1},
+            "spec": {"n": 1},
+        }
+    }
     assert schema.validate(obj) == []
     assert schema.unknown_fields(obj) == ["template.metadata.x"]
 
@@ -409,7 +448,10 @@ def test_embedded_resources_get_an_envelope() -> None:
             "mutual exclusive",
         ),
         (
-            {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "default": 0}}},
+            {
+                "type": "object",
+                "properties": {"n": {"type": "integer", "minimum": 1, "default": 0}},
+            },
             "openAPIV3Schema.properties[n].default: Invalid value: 0",
         ),
         (
@@ -427,7 +469,9 @@ def test_embedded_resources_get_an_envelope() -> None:
         ({"type": "string", "nullable": "yes"}, "nullable: Invalid value"),
     ],
 )
-def test_malformed_schemas_raise_crd_errors_naming_the_keyword(schema: dict[str, Any], message: str) -> None:
+def test_malformed_schemas_raise_crd_errors_naming_the_keyword(
+    schema: dict[str, Any], message: str
+) -> None:
     with pytest.raises(CRDError) as caught:
         compile_schema(schema, resource=False)
     assert message in str(caught.value)
@@ -441,12 +485,16 @@ JSON = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(
-        st.sampled_from(["name", "image", "spec", "replicas", "ports", "metadata", "x", "protocol"])
-        | st.text(max_size=6),
-        children,
-        max_size=4,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["name", "image", "spec", "replicas", "ports", "metadata", "x", "protocol"]
+            )
+            | st.text(max_size=6),
+            children,
+            max_size=4,
+        )
     ),
     max_leaves=20,
 )
@@ -501,7 +549,9 @@ RICH_PATHS = _paths(RICH_WORKLOAD)
 
 @settings(max_examples=400, deadline=None)
 @given(path=st.sampled_from(RICH_PATHS), value=JSON)
-def test_random_json_anywhere_in_a_workload_never_crashes(path: tuple[Any, ...], value: Any) -> None:
+def test_random_json_anywhere_in_a_workload_never_crashes(
+    path: tuple[Any, ...], value: Any
+) -> None:
     obj = copy.deepcopy(RICH_WORKLOAD)
     if not path:
         obj = value
