@@ -14,7 +14,8 @@ spellings are accepted when parsing); `to_dict()` gives the wire form without un
 from __future__ import annotations
 
 import datetime
-from typing import Annotated, Any, Literal, Self
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -147,6 +148,9 @@ class Condition(Model):
     message: Annotated[str, StringConstraints(max_length=32768)]
 
 
+ConditionT = TypeVar("ConditionT", bound=Condition)
+
+
 class LabelSelectorRequirement(Model):
     key: str
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
@@ -168,7 +172,7 @@ class Resource(Model):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
 
 
-def get_condition(conditions: list[Any] | None, type: str) -> Any | None:
+def get_condition(conditions: Sequence[ConditionT] | None, type: str) -> ConditionT | None:
     """The condition of a type in a conditions list, or None."""
     for condition in conditions or ():
         if condition.type == type:
@@ -176,7 +180,7 @@ def get_condition(conditions: list[Any] | None, type: str) -> Any | None:
     return None
 
 
-def set_condition(conditions: list[Any], condition: Any) -> bool:
+def set_condition(conditions: list[ConditionT], condition: ConditionT) -> bool:
     """Puts a condition into a list in place; returns whether anything changed.
 
     As Kubernetes' meta.SetStatusCondition does, the lastTransitionTime of an existing condition

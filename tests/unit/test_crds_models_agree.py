@@ -464,3 +464,36 @@ def test_architecture_manifests_validate_and_default_alike(manifest: dict[str, A
     assert validator.validate(defaulted) == []
     # The server's defaults and the model's defaults are the same defaults.
     assert models.KINDS[manifest["kind"]].model_validate(manifest).to_dict() == defaulted
+
+
+# -- model helpers ----------------------------------------------------------------------------
+
+
+def test_set_condition_keeps_the_transition_time_while_the_status_holds() -> None:
+    later = _NOW + datetime.timedelta(minutes=5)
+    conditions = [_condition()]
+    same = models.Condition(
+        type="Ready", status="True", reason="AllGood", message="", last_transition_time=later
+    )
+    assert not models.set_condition(conditions, same)
+    assert conditions[0].last_transition_time == _NOW
+    flipped = same.model_copy(update={"status": "False", "reason": "Broken"})
+    assert models.set_condition(conditions, flipped)
+    assert conditions[0].last_transition_time == later
+    assert models.set_condition(conditions, _condition("Progressing"))
+    assert [c.type for c in conditions] == ["Ready", "Progressing"]
+    found = models.get_condition(conditions, "Ready")
+    assert found is not None and found.status == "False"
+    assert models.get_condition(None, "Ready") is None
+
+
+def test_wire_names_spell_initialisms_like_kubernetes() -> None:
+    status = models.InstanceStatus(instance_ip="fd00::1", host_ip="10.0.0.1")
+    assert status.to_dict() == {"instanceIP": "fd00::1", "hostIP": "10.0.0.1"}
+    assert models.InstanceStatus.from_dict({"instanceIP": "fd00::2"}).instance_ip == "fd00::2"
+    assert models.NodeInfo(machine_id="m", system_uuid="u").to_dict() == {
+        "machineID": "m",
+        "systemUUID": "u",
+    }
+    with pytest.raises(ValueError):
+        models.Container.model_validate({"name": "web", "image": "x", "imagee": "typo"})
