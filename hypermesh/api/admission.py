@@ -5,6 +5,8 @@ Kubernetes clients rely on, and it lives here so the verb code stays generic:
 
 - namespaced objects can only be created in a namespace that exists and is not terminating;
 - Secrets fold `stringData` into base64 `data`;
+- a Workload's `selector` defaults to its template's labels (a label naming the Workload when
+  the template has none) and must select them;
 - Namespaces get `status.phase` and terminate by emptying themselves (see namespaces.py);
 - CustomResourceDefinitions register and unregister kinds (see customresources.py).
 """
@@ -14,13 +16,35 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING, Any
 
-from hypermesh.api import errors
+from hypermesh.api import errors, selectors
 from hypermesh.api.storage import ObjectStorage
 from hypermesh.resources.registry import Registry, ResourceType
 
 if TYPE_CHECKING:
     from hypermesh.api.customresources import CustomResources
     from hypermesh.api.namespaces import Namespaces
+
+
+def _workload_causes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, str]]:
+    """A Workload must select the Instances its template makes; the selector is immutable
+    (changing it would orphan every running Instance)."""
+    spec = new.get("spec")
+    if not isinstance(spec, dict):
+        return []
+    selector = spec.get("selector")
+    labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    if selector is None:
+        return [{"type": "FieldValueRequired", "field": "spec.selector", "message": "Required value: set spec.selector or spec.template.metadata.labels"}]
+    try:
+        parsed = selectors.selector_from_spec(selector, where="spec.selector")
+    except selectors.SelectorError as exc:
+        return [{"type": "FieldValueInvalid", "field": "spec.selector", "message": str(exc)}]
+    causes = []
+    if not parsed.matches(labels if isinstance(labels, dict) else {}):
+        causes.append({"type": "FieldValueInvalid", "field": "spec.template.metadata.labels", "message": f"Invalid value: {labels!r}: `selector` does not match template `labels`"})
+    if old is not None and (old.get("spec") or {}).get("selector") not in (None, selector):
+        causes.append({"type": "FieldValueInvalid", "field": "spec.selector", "message": "field is immutable"})
+    return causes
 
 
 def _is(rtype: ResourceType, group: str, kind: str) -> bool:
@@ -46,9 +70,28 @@ class Admission:
         if ns["metadata"].get("deletionTimestamp"):
             raise errors.forbidden(f'unable to create new content in namespace {namespace} because it is being terminated')
 
+    def default(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
+        """Defaults no schema can express (they depend on other fields)."""
+        if _is(rtype, "hypermesh.io", "Workload"):
+            spec = obj.get("spec")
+            template = spec.get("template") if isinstance(spec, dict) else None
+            if not isinstance(template, dict) or "selector" in spec:
+                return
+            meta = template.setdefault("metadata", {})
+            if not isinstance(meta, dict):
+                return
+            labels = meta.get("labels")
+            if not labels:
+                # A template without labels gets one naming its Workload, so it can be selected.
+                labels = meta["labels"] = {"hypermesh.io/workload": obj["metadata"].get("name", "")}
+            if isinstance(labels, dict):
+                spec["selector"] = {"matchLabels": dict(labels)}
+
     def validate(self, rtype: ResourceType, old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, str]]:
         if _is(rtype, "apiextensions.k8s.io", "CustomResourceDefinition") and self.crds is not None:
             return self.crds.validate(old, new)
+        if _is(rtype, "hypermesh.io", "Workload"):
+            return _workload_causes(old, new)
         return []
 
     async def before_write(self, rtype: ResourceType, old: dict[str, Any] | None, new: dict[str, Any]) -> None:

@@ -52,6 +52,11 @@ class ProtobufError(ValueError):
         super().__init__(message if offset is None else f"{message} (at byte {offset})")
 
 
+class UnsupportedKind(ProtobufError):
+    """A well-formed envelope around something this module does not decode (another kind, a
+    content encoding): the client should send JSON, so servers answer 415 rather than 400."""
+
+
 # --- Schema ----------------------------------------------------------------------------------
 
 
@@ -345,7 +350,7 @@ def _message_for(api_version: str, kind: str) -> str:
     message = KINDS.get((api_version, kind)) or _ANY_VERSION_KINDS.get(kind)
     if message is None:
         supported = ", ".join(f"{version} {name}" for version, name in KINDS)
-        raise ProtobufError(
+        raise UnsupportedKind(
             f"protobuf bodies are decoded only for {supported} and DeleteOptions, "
             f'not apiVersion "{api_version}" kind "{kind}": send JSON instead '
             "(Content-Type: application/json)"
@@ -385,9 +390,11 @@ def _read_envelope(buf: bytes) -> tuple[str, str, int, int]:
             else:
                 content_type = _text(buf, field)
     if encoding:
-        raise ProtobufError(f'contentEncoding "{encoding}" is not supported')
+        raise UnsupportedKind(f'contentEncoding "{encoding}" is not supported: send JSON instead')
     if content_type not in ("", PROTOBUF):
-        raise ProtobufError(f'the envelope carries contentType "{content_type}", not protobuf')
+        raise UnsupportedKind(
+            f'the envelope carries contentType "{content_type}", not protobuf: send JSON instead'
+        )
     return api_version, kind, raw_start, raw_end
 
 
@@ -419,7 +426,7 @@ def _read_message(
                 )
             else:
                 merged = _read_message(buf, wire.value, wire.end, inner, where, values.get(spec.number))
-                if wire.end > wire.value:
+                if spec.kind != "message" and wire.end > wire.value:
                     merged.setdefault(0, wire.value)
                 values[spec.number] = merged
         else:
@@ -490,7 +497,7 @@ def _json_value(spec: Field, value: Any) -> Any:
 
 # Go's zero time.Time, which meta/v1 Time and MicroTime write as null, and the range their
 # protobuf form allows (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z).
-_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MIN_SECONDS: Final = -62135596800
 _MAX_SECONDS: Final = 253402300799
 
@@ -584,8 +591,9 @@ def _write_message(obj: Mapping[str, Any], message: str, path: str) -> bytes:
                 out += _write_value(spec, item, where)
         elif spec.kind in _MAP_KINDS:
             entry_kind = "StringEntry" if spec.kind == "map-string" else "BytesEntry"
-            for key in sorted(value or {}):
-                entry = {"key": key, "value": value[key]}
+            mapping: Mapping[str, Any] = value or {}
+            for key in sorted(mapping):
+                entry = {"key": key, "value": mapping[key]}
                 out += _len_field(spec.number, _write_message(entry, entry_kind, where))
         elif spec.presence is not IF_SET or spec.name in obj:
             out += _write_value(spec, value, where)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import yaml
 
-from hypermesh.api import errors, fieldmanager, objects, patching, selectors, strategic
+from hypermesh.api import errors, fieldmanager, objects, patching, protobuf, selectors, strategic
 from hypermesh.api.http import Request, parse_json
 from hypermesh.api.storage import ObjectStorage, Page
 from hypermesh.resources.registry import ResourceType
@@ -52,6 +52,14 @@ _MAX_RETRIES = 8
 def load_body(body: bytes, content_type: str, what: str = "request body") -> Any:
     """JSON, or YAML for the YAML media types (JSON is valid YAML, which is why kubectl can send
     apply bodies as JSON)."""
+    if content_type == protobuf.PROTOBUF:
+        # kubectl's typed commands (create namespace, create secret) send core kinds this way.
+        try:
+            return protobuf.decode_object(body)
+        except protobuf.UnsupportedKind as exc:
+            raise errors.unsupported_media_type(str(exc)) from None
+        except protobuf.ProtobufError as exc:
+            raise errors.bad_request(f"the {what} is not a valid Kubernetes protobuf message: {exc}") from None
     if "yaml" in content_type:
         try:
             return yaml.load(body, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -445,6 +453,7 @@ class ResourceAPI:
         warnings = self._unknown_fields(rtype, obj, req)
         obj = compiled.prune(obj)
         obj = compiled.apply_defaults(obj)
+        self.admission.default(rtype, obj)
         causes = objects.validate_metadata(obj, rtype)
         causes += [{"type": c.type, "field": c.field, "message": c.message} for c in compiled.validate(obj)]
         causes += self.admission.validate(rtype, old, obj)

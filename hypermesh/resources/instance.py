@@ -64,7 +64,7 @@ class EnvVar(Model):
 class ContainerPort(Model):
     name: PortName | None = None
     container_port: PortNumber
-    protocol: Protocol = "TCP"
+    protocol: Protocol | None = None  # TCP when unset
 
 
 class ResourceRequirements(Model):
@@ -87,7 +87,7 @@ class HTTPGetAction(Model):
     path: str | None = None
     port: IntOrString
     host: str | None = None
-    scheme: Literal["HTTP", "HTTPS"] = "HTTP"
+    scheme: Literal["HTTP", "HTTPS"] | None = None  # HTTP when unset
 
 
 class Probe(Model):
@@ -97,10 +97,12 @@ class Probe(Model):
     tcp_socket: TCPSocketAction | None = None
     http_get: HTTPGetAction | None = None
     initial_delay_seconds: NonNegative | None = None
-    period_seconds: Positive = 10
-    timeout_seconds: Positive = 1
-    failure_threshold: Positive = 3
-    success_threshold: Positive = 1
+    # Unset means 10 s, 1 s, 3 and 1: applied by the agent, not stored, because a default inside
+    # a list item makes every client-side `kubectl apply` of the Workload look like a change.
+    period_seconds: Positive | None = None
+    timeout_seconds: Positive | None = None
+    failure_threshold: Positive | None = None
+    success_threshold: Positive | None = None
 
 
 class Capabilities(Model):
@@ -152,7 +154,7 @@ class Affinity(Model):
 
 class Toleration(Model):
     key: str | None = None
-    operator: Literal["Exists", "Equal"] = "Equal"
+    operator: Literal["Exists", "Equal"] | None = None  # Equal when unset
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = None

@@ -45,7 +45,7 @@ class ServicePort(Model):
     name: PortName | None = None
     port: PortNumber
     target_port: IntOrString | None = None
-    protocol: Protocol = "TCP"
+    protocol: Protocol | None = None  # TCP when unset
 
 
 class RetryPolicy(Model):

@@ -151,6 +151,6 @@ def namespace(server: Server, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards."""
     name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid() % 1000}"
     name = "".join(c for c in name if c.isalnum() or c == "-")[:60].strip("-")
-    server.kubectl("apply", "-f", "-", input=f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n")
+    server.kubectl("create", "namespace", name)
     yield name
     server.kubectl("delete", "namespace", name, "--wait=false", check=False)

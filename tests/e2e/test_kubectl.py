@@ -235,9 +235,12 @@ def test_unknown_resource_and_missing_object(server: Server, namespace: str) -> 
 @pytest.mark.parametrize("kind", ["secret", "lease"])
 def test_core_kinds(server: Server, namespace: str, kind: str) -> None:
     if kind == "secret":
-        server.kubectl("apply", "-n", namespace, "-f", "-", input="apiVersion: v1\nkind: Secret\nmetadata: {name: s1}\nstringData: {password: hunter2}\n")
+        # kubectl sends this one as protobuf.
+        server.kubectl("create", "secret", "generic", "s1", "-n", namespace, "--from-literal=password=hunter2")
         data = server.kubectl_json("get", "secret", "s1", "-n", namespace)["data"]
         assert data["password"] == "aHVudGVyMg=="
+        server.kubectl("apply", "-n", namespace, "-f", "-", input="apiVersion: v1\nkind: Secret\nmetadata: {name: s2}\nstringData: {token: abc}\n")
+        assert server.kubectl_json("get", "secret", "s2", "-n", namespace)["data"] == {"token": "YWJj"}
     else:
         lease = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: l1}\nspec: {holderIdentity: me, leaseDurationSeconds: 15, renewTime: '2026-11-27T03:00:00.123456Z'}\n"
         server.kubectl("apply", "-n", namespace, "-f", "-", input=lease)

@@ -185,3 +185,21 @@ def test_watch_from_compacted_revision_gets_410(compacting_server: Server) -> No
         for _ in watch.Watch().stream(api.list_namespaced_custom_object, G, V, "default", "workloads", resource_version=old_rv, timeout_seconds=2):
             pass
     assert exc.value.status == 410
+
+
+def test_workload_selector_defaults_and_rules(custom: client.CustomObjectsApi, namespace: str) -> None:
+    created = custom.create_namespaced_custom_object(G, V, namespace, "workloads", workload("sel"))
+    assert created["spec"]["selector"] == {"matchLabels": {"app": "sel"}}
+    bare = workload("bare")
+    del bare["spec"]["template"]["metadata"]
+    created = custom.create_namespaced_custom_object(G, V, namespace, "workloads", bare)
+    assert created["spec"]["selector"] == {"matchLabels": {"hypermesh.io/workload": "bare"}}
+    assert created["spec"]["template"]["metadata"]["labels"] == {"hypermesh.io/workload": "bare"}
+    mismatch = workload("mismatch")
+    mismatch["spec"]["selector"] = {"matchLabels": {"app": "other"}}
+    with pytest.raises(ApiException) as exc:
+        custom.create_namespaced_custom_object(G, V, namespace, "workloads", mismatch)
+    assert exc.value.status == 422 and "spec.template.metadata.labels" in exc.value.body
+    with pytest.raises(ApiException) as exc:
+        custom.patch_namespaced_custom_object(G, V, namespace, "workloads", "sel", {"spec": {"selector": {"matchLabels": {"app": "sel", "x": "y"}}, "template": {"metadata": {"labels": {"x": "y"}}}}})
+    assert exc.value.status == 422 and "immutable" in exc.value.body
