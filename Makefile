@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 up: setup
 	$(BIN)/hypermesh up
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: setup
@@ -33,6 +33,7 @@ bench: setup
 
 lint: setup
 	$(BIN)/python -m ruff check hypermesh controllers tests bench
+	$(BIN)/python -m mypy hypermesh controllers
 
 clean:
 	rm -rf $(VENV) build *.egg-info

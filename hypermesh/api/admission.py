@@ -58,8 +58,8 @@ class Admission:
         self.storage = storage
         self.registry = registry
         # Wired by the server after construction (they need the verb layer themselves).
-        self.namespaces: "Namespaces | None" = None
-        self.crds: "CustomResources | None" = None
+        self.namespaces: Namespaces | None = None
+        self.crds: CustomResources | None = None
 
     async def check_namespace_open(self, namespace: str) -> None:
         ns_type = self.registry.by_plural("", "v1", "namespaces")
@@ -74,8 +74,10 @@ class Admission:
         """Defaults no schema can express (they depend on other fields)."""
         if _is(rtype, "hypermesh.io", "Workload"):
             spec = obj.get("spec")
-            template = spec.get("template") if isinstance(spec, dict) else None
-            if not isinstance(template, dict) or "selector" in spec:
+            if not isinstance(spec, dict) or "selector" in spec:
+                return
+            template = spec.get("template")
+            if not isinstance(template, dict):
                 return
             meta = template.setdefault("metadata", {})
             if not isinstance(meta, dict):

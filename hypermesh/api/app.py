@@ -174,7 +174,7 @@ class APIServer:
                     stream = WatchStream(req, send, rtype, ns, self.api, self.watchcache.for_type(rtype), self.shutdown)
                     await stream.run()
                     return
-                page = await self.api.list(rtype, ns, req)
+                page = await self.api.list_page(rtype, ns, req)
                 await self._send_list(req, send, rtype, page)
             elif method == "POST":
                 if not rtype.namespaced:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import yaml
+
 from hypermesh.api import errors, objects
 from hypermesh.api.storage import ObjectStorage
 from hypermesh.api.watchcache import WatchCache
-import yaml
-
 from hypermesh.resources.registry import CRD_DIR, CRDError, Registry, ResourceType, types_from_crd
 
 log = logging.getLogger(__name__)

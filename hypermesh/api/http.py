@@ -40,7 +40,7 @@ class Request:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_scope(cls, scope: dict[str, Any], receive: Receive) -> "Request":
+    def from_scope(cls, scope: dict[str, Any], receive: Receive) -> Request:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         raw_query = scope.get("query_string", b"").decode("latin-1")
         query = dict(parse_qsl(raw_query, keep_blank_values=True)) if raw_query else {}

@@ -31,7 +31,7 @@ class Namespaces:
     def __init__(self, storage: ObjectStorage, registry: Registry) -> None:
         self.storage = storage
         self.registry = registry
-        self.api: "ResourceAPI | None" = None
+        self.api: ResourceAPI | None = None
         self._sweeps: dict[str, asyncio.Task[None]] = {}
 
     @property
@@ -106,7 +106,7 @@ class Namespaces:
                 if obj["metadata"].get("deletionTimestamp"):
                     continue  # waiting for its finalizers
                 try:
-                    await self.api._delete(rtype, obj, _SweepRequest())
+                    await self.api.delete_object(rtype, obj)
                 except errors.ApiError as exc:
                     if exc.code not in (404, 409):
                         raise
@@ -132,9 +132,3 @@ class Namespaces:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
-
-
-class _SweepRequest:
-    """The minimal request the delete path reads (no dry run)."""
-
-    query: dict[str, str] = {}

@@ -12,7 +12,7 @@ import re
 import secrets
 import string
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from hypermesh.resources.registry import ResourceType
@@ -29,7 +29,7 @@ _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet Kubernetes uses
 
 def now() -> str:
     """The current time as Kubernetes writes timestamps (RFC 3339, seconds, UTC)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_uid() -> str:

@@ -94,7 +94,7 @@ _LIST_PARAMS = [
 
 
 def _object_schema(rtype: ResourceType) -> dict[str, Any]:
-    schema = copy.deepcopy(rtype.schema) if rtype.schema else {"type": "object"}
+    schema: dict[str, Any] = copy.deepcopy(rtype.schema) if rtype.schema else {"type": "object"}
     schema.setdefault("type", "object")
     props = schema.setdefault("properties", {})
     props.setdefault("apiVersion", {"type": "string", "description": "The versioned schema of this representation of an object."})

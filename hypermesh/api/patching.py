@@ -86,7 +86,7 @@ def json_equal(a: JSON, b: JSON) -> bool:
     if isinstance(a, list):
         if not isinstance(b, list) or len(a) != len(b):
             return False
-        return all(json_equal(x, y) for x, y in zip(a, b))
+        return all(json_equal(x, y) for x, y in zip(a, b, strict=False))
     if isinstance(b, (dict, list)):
         return False
     return bool(a == b)

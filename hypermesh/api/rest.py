@@ -106,7 +106,7 @@ def _same_object(a: dict[str, Any], b: dict[str, Any]) -> bool:
 class ResourceAPI:
     """Verb implementations shared by every kind."""
 
-    def __init__(self, storage: ObjectStorage, admission: "Admission") -> None:
+    def __init__(self, storage: ObjectStorage, admission: Admission) -> None:
         self.storage = storage
         self.admission = admission
 
@@ -128,7 +128,7 @@ class ResourceAPI:
             raise errors.bad_request(str(exc)) from None
         return labels, fields
 
-    async def list(self, rtype: ResourceType, namespace: str | None, req: Request) -> Page:
+    async def list_page(self, rtype: ResourceType, namespace: str | None, req: Request) -> Page:
         labels, fields = self.predicate(rtype, req)
         limit_text = req.query.get("limit", "")
         try:
@@ -223,7 +223,7 @@ class ResourceAPI:
         kind = PATCH_TYPES.get(req.content_type)
         if kind is None or kind == "strategic" and rtype.group != "" or kind == "apply-cbor":
             raise errors.unsupported_media_type(
-                f"the body of the request was in an unknown format - accepted media types include: "
+                "the body of the request was in an unknown format - accepted media types include: "
                 "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
             )
         raw = await req.body()
@@ -321,16 +321,20 @@ class ResourceAPI:
             old = await self.storage.get_required(rtype, namespace, name)
             _check_preconditions(rtype, old, options.get("preconditions"))
             try:
-                return await self._delete(rtype, old, req)
+                return await self._delete(rtype, old, dry_run=_dry_run(req))
             except errors.ApiError as exc:
                 if exc.reason == "Conflict" and not options.get("preconditions"):
                     continue
                 raise
         raise errors.conflict(rtype.plural, rtype.group, name, "too many concurrent writers; try again")
 
-    async def _delete(self, rtype: ResourceType, old: dict[str, Any], req: Request) -> tuple[int, dict[str, Any]]:
+    async def delete_object(self, rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        """Delete `obj` as a user's DELETE would (finalizers honoured); for server sweeps."""
+        return (await self._delete(rtype, obj, dry_run=False))[1]
+
+    async def _delete(self, rtype: ResourceType, old: dict[str, Any], *, dry_run: bool) -> tuple[int, dict[str, Any]]:
         meta = old["metadata"]
-        redirected = await self.admission.before_delete(rtype, old, dry_run=_dry_run(req))
+        redirected = await self.admission.before_delete(rtype, old, dry_run=dry_run)
         if redirected is not None:
             return 200, redirected
         if meta.get("finalizers"):
@@ -339,20 +343,20 @@ class ResourceAPI:
             new = copy.deepcopy(old)
             new["metadata"]["deletionTimestamp"] = objects.now()
             new["metadata"]["deletionGracePeriodSeconds"] = 0
-            if _dry_run(req):
+            if dry_run:
                 return 200, new
             # The object stays, visibly deleting, until its last finalizer is removed.
             updated = await self.storage.update(rtype, new, int(meta["resourceVersion"]))
             await self.admission.after_write(rtype, old, updated)
             return 200, updated
-        if _dry_run(req):
+        if dry_run:
             return 200, old
         gone = await self.storage.delete(rtype, copy.deepcopy(old), int(meta["resourceVersion"]))
         await self.admission.after_write(rtype, old, None)
         return 200, gone
 
     async def delete_collection(self, rtype: ResourceType, namespace: str | None, req: Request) -> dict[str, Any]:
-        page = await self.list(rtype, namespace, req)
+        page = await self.list_page(rtype, namespace, req)
         deleted = []
         for obj in page.items:
             meta = obj["metadata"]

@@ -13,14 +13,15 @@ between Kubernetes objects and key-value pairs:
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
 from hypermesh.api import errors
 from hypermesh.resources.registry import ResourceType
-from hypermesh.store import Compare, CompactedError, Delete, KeyValue, Put, Store
+from hypermesh.store import CompactedError, Compare, Delete, KeyValue, Put, Store
 
 
 def decode(kv: KeyValue) -> dict[str, Any]:

@@ -7,7 +7,7 @@ into ages ("5m", "3h") here, on the server, in the same steps Kubernetes uses.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from hypermesh.api.jsonpath import JSONPathError, find
@@ -49,8 +49,8 @@ def human_age(timestamp: Any, now: datetime | None = None) -> str:
     except ValueError:
         return "<invalid>"
     if then.tzinfo is None:
-        then = then.replace(tzinfo=timezone.utc)
-    return human_duration(((now or datetime.now(timezone.utc)) - then).total_seconds())
+        then = then.replace(tzinfo=UTC)
+    return human_duration(((now or datetime.now(UTC)) - then).total_seconds())
 
 
 def human_duration(seconds_f: float) -> str:

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("hypermesh")
 
@@ -68,12 +69,18 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
         loop.add_signal_handler(sig, stop.set)
     listeners_stop = asyncio.Event()
     tcp_ready, h3_ready = asyncio.Event(), asyncio.Event()
-    tls = {"certfile": pki.server_cert_path, "keyfile": pki.server_key_path, "cafile": pki.ca_cert_path}
+    cert, key, ca = pki.server_cert_path, pki.server_key_path, pki.ca_cert_path
+    asgi: Any = app
     tasks = [
-        loop.create_task(serve_tcp(app, host=host, port=port, ready=tcp_ready, shutdown=listeners_stop, **tls), name="tcp"),
-        loop.create_task(serve_h3(app, host=host, port=port, ready=h3_ready, shutdown=listeners_stop, **tls), name="h3"),
+        loop.create_task(serve_tcp(asgi, host=host, port=port, certfile=cert, keyfile=key, cafile=ca, ready=tcp_ready, shutdown=listeners_stop), name="tcp"),
+        loop.create_task(serve_h3(asgi, host=host, port=port, certfile=cert, keyfile=key, cafile=ca, ready=h3_ready, shutdown=listeners_stop), name="h3"),
     ]
-    ready = loop.create_task(asyncio.wait({loop.create_task(tcp_ready.wait()), loop.create_task(h3_ready.wait())}))
+
+    async def both_ready() -> None:
+        await tcp_ready.wait()
+        await h3_ready.wait()
+
+    ready = loop.create_task(both_ready())
     done, _ = await asyncio.wait({ready, *tasks}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if ready in done:
@@ -81,10 +88,10 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
         if banner:
             print(f"HyperMesh is running at {url}\n"
                   f"  export KUBECONFIG={kubeconfig}\n"
-                  f"  kubectl get namespaces        # or: nexus get ns\n"
+                  f"  kubectl get namespaces        # the kubectl from make setup is .venv/bin/kubectl\n"
                   f"Stop it with Ctrl-C.", flush=True)
         print("ready", flush=True)
-        stopper = loop.create_task(stop.wait())
+        stopper: asyncio.Task[Any] = loop.create_task(stop.wait())
         done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
     for task in tasks:

@@ -197,7 +197,7 @@ class SchemaNode:
             map_keys = self.map_keys
             single_key = map_keys[0] if len(map_keys) == 1 else None
             single_default = self.map_key_defaults[0] if len(map_keys) == 1 else None
-            key_defaults = tuple(zip(map_keys, self.map_key_defaults))
+            key_defaults = tuple(zip(map_keys, self.map_key_defaults, strict=False))
             set_list = self.set_list
 
             def fast_array(value: Any) -> bool:
@@ -333,7 +333,7 @@ class SchemaNode:
         # Items are identified by their key fields; a missing key field counts as its default,
         # because that is what it will be once defaulting has run.
         seen: set[tuple[Any, ...]] = set()
-        key_defaults = tuple(zip(self.map_keys, self.map_key_defaults))
+        key_defaults = tuple(zip(self.map_keys, self.map_key_defaults, strict=False))
         for index, item in enumerate(value):
             if not isinstance(item, dict):
                 continue

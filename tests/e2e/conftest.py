@@ -139,7 +139,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def k8s(server: Server):
     """A `kubernetes` ApiClient configured from the admin kubeconfig."""
-    from kubernetes import client, config
+    from kubernetes import config
 
     api_client = config.new_client_from_config(config_file=str(server.kubeconfig))
     yield api_client
