@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -56,5 +56,5 @@ def test_table_rows_follow_printer_columns() -> None:
     row = table["rows"][0]
     assert row["cells"][0] == "web" and row["cells"][names.index("Replicas")] == 3
     assert row["object"]["metadata"]["name"] == "web"
-    age = tables.human_age("2026-11-27T00:00:00Z", now=datetime(2026, 11, 27, 1, 0, tzinfo=timezone.utc))
+    age = tables.human_age("2026-11-27T00:00:00Z", now=datetime(2026, 11, 27, 1, 0, tzinfo=UTC))
     assert age == "60m"
