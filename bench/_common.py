@@ -545,8 +545,8 @@ class _LoadProtocol(asyncio.Protocol):
         )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but behaves as one.
+        self.transport = transport  # type: ignore[assignment]
         self.connected.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -442,6 +442,7 @@ class SqliteStore(Store):
         self._reader_local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
+        self._loop_conn: sqlite3.Connection | None = None
         self._thread.start()
 
     @classmethod
@@ -484,7 +485,11 @@ class SqliteStore(Store):
 
     async def get(self, key: str, *, revision: int = 0) -> KeyValue | None:
         _check_revision(revision)
-        return await self._read(lambda conn: _read_get(conn, key, revision))
+        # A point read is a few index lookups (~10 µs): cheaper on the loop's own connection
+        # than the hop to a reader thread and back (~100 µs under load).
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        return self._in_read_txn(lambda conn: _read_get(conn, key, revision), self._loop_connection())
 
     async def range(
         self,
@@ -526,14 +531,24 @@ class SqliteStore(Store):
             raise StoreClosedError("the store is closed")
         return await self._loop.run_in_executor(self._reader_pool, work)
 
-    def _in_read_txn(self, query: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._reader_connection()
+    def _in_read_txn(self, query: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection | None = None) -> T:
+        conn = conn or self._reader_connection()
         # One read transaction: every statement of the query sees the same committed state.
         conn.execute("BEGIN")
         try:
             return query(conn)
         finally:
             conn.execute("ROLLBACK")
+
+    def _loop_connection(self) -> sqlite3.Connection:
+        """The connection point reads use on the event loop's thread."""
+        conn = self._loop_conn
+        if conn is None:
+            conn = self._loop_conn = connect(self.path)
+            conn.execute("PRAGMA query_only = ON")
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
 
     def _reader_connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
