@@ -6,11 +6,13 @@ So this module gives every benchmark the same three things:
 
 - `HypermeshServer`: a real `hypermesh server` process in a temporary data directory, with its
   pid (for CPU and memory through psutil) and the admin certificate the server wrote.
-- `run_load`: the load generator. httpx manages ~450 requests/s, far too few, so load comes from
-  several forked processes of threads, each thread holding one keep-alive TLS connection with a
-  minimal blocking HTTP/1.1 client (`HttpsConnection`). The client costs CPU on the same two
-  cores as the server, so every rate it measures is a floor, and the server CPU time per request
-  (psutil, user + system) is reported beside it as the figure that does not depend on the client.
+- `run_load`: the load generator. httpx manages ~450 requests/s, far too few; threads blocking in
+  `http.client` or raw `ssl` sockets cost ~150 us of client CPU per request. So load comes from
+  several forked processes, each running uvloop with keep-alive TLS connections driven by a
+  small callback protocol (~50 us per request). The client still shares the two cores with the
+  server, so every rate it measures is a floor, and the server CPU time per request (psutil,
+  user + system) is reported beside it as the figure that does not depend on the client.
+- `HttpsConnection`: a blocking HTTP/1.1 client for single requests (lists, watches, setup).
 - `measurement`: one figure, its target, and the limits measured in the same run, always in the
   same JSON shape, which `run_all.py` turns into a Markdown table.
 
@@ -70,6 +72,25 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "load_average_1m_5m_at_start": [round(load1, 2), round(load5, 2)],
+    }
+
+
+def code_version() -> dict[str, Any]:
+    """Which server code was measured: the commit, and files changed since it (shared tree)."""
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "uncommitted_server_files": sorted(f for f in changed if f.startswith("hypermesh/")),
     }
 
 
@@ -172,9 +193,7 @@ class HttpsConnection:
         """Close the connection."""
         self.sock.close()
 
-    def request(
-        self, method: str, path: str, body: bytes | None = None
-    ) -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         """Send one request and return (status, body)."""
         head = [
             f"{method} {path} HTTP/1.1".encode(),
@@ -284,7 +303,10 @@ class HypermeshServer:
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env={**os.environ, "HYPERMESH_LOG_LEVEL": os.environ.get("HYPERMESH_LOG_LEVEL", "WARNING")},
+            env={
+                **os.environ,
+                "HYPERMESH_LOG_LEVEL": os.environ.get("HYPERMESH_LOG_LEVEL", "WARNING"),
+            },
         )
         log.close()
         wait_for_line(self.proc, "ready", timeout, self.tmp / "server.log")
@@ -333,7 +355,9 @@ def wait_for_line(proc: subprocess.Popen[str], line: str, timeout: float, log: P
     if not found:
         stop_process(proc)
         text = log.read_text() if log.exists() else ""
-        raise RuntimeError(f"server did not print {line!r} within {timeout} s; log:\n{text[-4000:]}")
+        raise RuntimeError(
+            f"server did not print {line!r} within {timeout} s; log:\n{text[-4000:]}"
+        )
 
 
 def stop_process(proc: subprocess.Popen[str]) -> None:
@@ -415,103 +439,6 @@ class LoadPlan:
     count: int | None = None
 
 
-@dataclass
-class ThreadResult:
-    """What one client thread did."""
-
-    done: int
-    errors: dict[str, int]
-    latencies: array.array[float]
-    started: float
-    finished: float
-
-
-def _client_thread(
-    plan: LoadPlan,
-    port: int,
-    context: ssl.SSLContext,
-    worker: int,
-    share: int | None,
-    go: Any,
-    connected: threading.Barrier,
-    out: list[ThreadResult],
-) -> None:
-    connection = HttpsConnection(port, context)
-    connected.wait()
-    go.wait()
-    started = time.monotonic()
-    deadline = started + plan.duration if plan.duration is not None else float("inf")
-    latencies: array.array[float] = array.array("d")
-    errors: dict[str, int] = {}
-    body_parts = plan.body.split(b"{name}") if plan.body is not None else None
-    names = plan.names
-    n = 0
-    clock = time.monotonic
-    while (share is None or n < share) and clock() < deadline:
-        name = names[(worker + n * 7919) % len(names)] if names else f"{plan.prefix}-{worker}-{n}"
-        body = name.encode().join(body_parts) if body_parts is not None else None
-        began = clock()
-        try:
-            status, _ = connection.request(plan.method, plan.path.format(name=name), body)
-        except (OSError, HttpError) as error:
-            errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
-            connection.close()
-            connection = HttpsConnection(port, context)
-            n += 1
-            continue
-        latencies.append(clock() - began)
-        if status != plan.expect:
-            errors[str(status)] = errors.get(str(status), 0) + 1
-        n += 1
-    finished = clock()
-    connection.close()
-    out.append(ThreadResult(len(latencies), errors, latencies, started, finished))
-
-
-def _client_process(
-    plan: LoadPlan,
-    port: int,
-    pki: Pki,
-    index: int,
-    threads: int,
-    shares: list[int | None],
-    ready: Any,
-    go: Any,
-    results: Any,
-) -> None:
-    context = pki.client_context()
-    out: list[ThreadResult] = []
-    connected = threading.Barrier(threads + 1)
-    workers = [
-        threading.Thread(
-            target=_client_thread,
-            args=(plan, port, context, index * threads + t, shares[t], go, connected, out),
-        )
-        for t in range(threads)
-    ]
-    for thread in workers:
-        thread.start()
-    connected.wait()
-    ready.put(index)
-    for thread in workers:
-        thread.join()
-    errors: dict[str, int] = {}
-    latencies: array.array[float] = array.array("d")
-    for result in out:
-        latencies.extend(result.latencies)
-        for key, value in result.errors.items():
-            errors[key] = errors.get(key, 0) + value
-    results.put(
-        {
-            "done": sum(r.done for r in out),
-            "errors": errors,
-            "latencies": latencies.tobytes(),
-            "started": min(r.started for r in out),
-            "finished": max(r.finished for r in out),
-        }
-    )
-
-
 class _LoadProtocol(asyncio.Protocol):
     """One keep-alive connection that sends the plan's next request when an answer is complete.
 
@@ -572,8 +499,11 @@ class _LoadProtocol(asyncio.Protocol):
             return
         names = self.plan.names
         n = self.n
-        name = names[(self.worker + n * 7919) % len(names)] if names else (
-            f"{self.plan.prefix}-{self.worker}-{n}")
+        name = (
+            names[(self.worker + n * 7919) % len(names)]
+            if names
+            else (f"{self.plan.prefix}-{self.worker}-{n}")
+        )
         head = self.head.replace("{path}", self.plan.path.format(name=name)).encode()
         if self.body_parts is not None:
             body = name.encode().join(self.body_parts)
@@ -612,7 +542,7 @@ class _LoadProtocol(asyncio.Protocol):
             self._send()
 
 
-def _client_process_async(
+def _client_process(
     plan: LoadPlan,
     port: int,
     pki: Pki,
@@ -669,7 +599,6 @@ def _client_process_async(
 def run_load(
     plan: LoadPlan,
     *,
-    engine: str = "async",
     port: int,
     pki: Pki,
     server: psutil.Process,
@@ -691,7 +620,7 @@ def run_load(
     ready, results, go = context.Queue(), context.Queue(), context.Event()
     workers = [
         context.Process(
-            target=_client_process_async if engine == "async" else _client_process,
+            target=_client_process,
             args=(
                 plan,
                 port,

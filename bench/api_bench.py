@@ -30,10 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import multiprocessing
 import os
 import queue
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -176,37 +179,41 @@ def limit_trivial_tls(args: argparse.Namespace, duration: float) -> dict[str, An
 
 
 class Profile:
-    """`py-spy record` of the server for one phase, summarised into its hottest functions."""
+    """`py-spy record` of the server for one phase, summarised into its hottest functions.
 
-    def __init__(self, directory: Path | None, name: str, pid: int, seconds: float) -> None:
+    py-spy samples from outside the process (no changes to the server), but its sampling still
+    costs the server some CPU: figures from a profiled run are a little low.
+    """
+
+    def __init__(self, directory: Path | None, name: str, pid: int) -> None:
         self.output = directory / f"{name}.txt" if directory else None
         self.pid = pid
-        self.seconds = seconds
         self.proc: subprocess.Popen[bytes] | None = None
         self.summary: dict[str, Any] | None = None
 
     def __enter__(self) -> Profile:
         if self.output is not None:
             py_spy = Path(sys.executable).parent / "py-spy"
+            # --gil: only samples of a thread holding the GIL, i.e. Python CPU time, not threads
+            # waiting in epoll or on a queue. SQLite's own C work (run without the GIL) and
+            # OpenSSL's are therefore under-counted.
+            command = [str(py_spy), "record", "--pid", str(self.pid), "--rate", "200", "--gil"]
+            command += ["--format", "raw", "--output", str(self.output)]
             self.proc = subprocess.Popen(
-                [
-                    str(py_spy), "record", "--pid", str(self.pid), "--format", "raw",
-                    "--duration", str(max(1, int(self.seconds))), "--rate", "200",
-                    "--output", str(self.output),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
-            time.sleep(0.5)  # Let py-spy attach before the load starts.
+            time.sleep(1.0)  # Let py-spy attach before the phase starts.
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is None or self.output is None:
             return
+        # On SIGINT py-spy stops sampling and writes what it has.
+        self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(self.seconds + 30)
+            self.proc.wait(60)
         except subprocess.TimeoutExpired:
-            self.proc.terminate()
+            self.proc.kill()
             self.proc.wait()
         if self.output.exists():
             self.summary = summarise_profile(self.output)
@@ -224,8 +231,9 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
         count = int(count_text)
         # Frames look like "function (file.py:123)"; the line number is dropped so that one
         # function counts once.
-        frames = [frame.rsplit(":", 1)[0] + ")" if ":" in frame else frame
-                  for frame in stack.split(";")[1:]]  # the first frame names the thread
+        frames = [
+            frame.rsplit(":", 1)[0] + ")" if ":" in frame else frame for frame in stack.split(";")
+        ]
         if not frames:
             continue
         total += count
@@ -250,17 +258,24 @@ def bench_create(
 ) -> dict[str, Any]:
     """Workload creates/s and their p99 from 64 clients."""
     create_namespace(server, "bench-create")
-    plan = LoadPlan("POST", workloads("bench-create"), WORKLOAD, 201, prefix="w",
-                    duration=args.duration)
-    with Profile(args.py_spy, "create", server.process.pid, args.duration) as profile:
+    plan = LoadPlan(
+        "POST", workloads("bench-create"), WORKLOAD, 201, prefix="w", duration=args.duration
+    )
+    with Profile(args.py_spy, "create", server.process.pid) as profile:
         result = load(server, plan, args)
     if profile.summary:
         result["profile"] = profile.summary
     trivial = limits["trivial_tls"]
-    tls_limit = _common.limit(trivial["requests_per_s"], "requests/s",
-                              "trivial ASGI app, same TLS listener and client harness")
-    sqlite_limit = _common.limit(round(limits["raw_sqlite_rows_per_s"]), "rows/s",
-                                 "raw sqlite3, WAL, synchronous=FULL, 100 rows per transaction")
+    tls_limit = _common.limit(
+        trivial["requests_per_s"],
+        "requests/s",
+        "trivial ASGI app, same TLS listener and client harness",
+    )
+    sqlite_limit = _common.limit(
+        round(limits["raw_sqlite_rows_per_s"]),
+        "rows/s",
+        "raw sqlite3, WAL, synchronous=FULL, 100 rows per transaction",
+    )
     rate = _common.measurement(
         what="Workload creates per second, 64 concurrent TLS clients",
         figure=result["requests_per_s"] if not result["errors"] else None,
@@ -276,8 +291,11 @@ def bench_create(
         unit="ms",
         target=TARGET_CREATE_P99_MS,
         comparison="<=",
-        limits={"trivial_tls_p99": _common.limit(trivial["latency_ms"]["p99"], "ms",
-                                                 "p99 of the trivial app, same harness")},
+        limits={
+            "trivial_tls_p99": _common.limit(
+                trivial["latency_ms"]["p99"], "ms", "p99 of the trivial app, same harness"
+            )
+        },
         details={"latency_ms": result["latency_ms"]},
     )
     return {"create_rate": rate, "create_p99": p99}
@@ -293,9 +311,8 @@ def bench_get(
     # `populate` names objects g-<client>-<n>, n counting per client from 0.
     clients = args.processes * args.threads
     names = tuple(f"g-{c}-{n}" for c in range(clients) for n in range(objects // clients))
-    plan = LoadPlan("GET", workloads("bench-get") + "/{name}", names=names,
-                    duration=args.duration)
-    with Profile(args.py_spy, "get", server.process.pid, args.duration) as profile:
+    plan = LoadPlan("GET", workloads("bench-get") + "/{name}", names=names, duration=args.duration)
+    with Profile(args.py_spy, "get", server.process.pid) as profile:
         result = load(server, plan, args)
     if profile.summary:
         result["profile"] = profile.summary
@@ -307,9 +324,13 @@ def bench_get(
             unit="gets/s",
             target=TARGET_GETS_PER_S,
             comparison=">=",
-            limits={"trivial_tls": _common.limit(
-                trivial["requests_per_s"], "requests/s",
-                "trivial ASGI app, same TLS listener and client harness")},
+            limits={
+                "trivial_tls": _common.limit(
+                    trivial["requests_per_s"],
+                    "requests/s",
+                    "trivial ASGI app, same TLS listener and client harness",
+                )
+            },
             details={**result, "distinct_objects": len(names)},
         )
     }
@@ -319,18 +340,20 @@ def bench_list(server: HypermeshServer, args: argparse.Namespace) -> dict[str, A
     """A whole list of N Workloads in one response (no limit), median of 5."""
     namespace = "bench-list"
     create_namespace(server, namespace)
-    populate(server, args, path=workloads(namespace), body=WORKLOAD, prefix="l",
-             count=args.list_objects)
+    populate(
+        server, args, path=workloads(namespace), body=WORKLOAD, prefix="l", count=args.list_objects
+    )
     connection = server.connect()
     timings, bodies = [], []
     try:
-        for _ in range(5):
-            began = time.monotonic()
-            status, body = connection.request("GET", workloads(namespace))
-            timings.append(time.monotonic() - began)
-            if status != 200:
-                raise RuntimeError(f"list: {status} {body[:300]!r}")
-            bodies.append(body)
+        with Profile(args.py_spy, "list", server.process.pid) as profile:
+            for _ in range(5):
+                began = time.monotonic()
+                status, body = connection.request("GET", workloads(namespace))
+                timings.append(time.monotonic() - began)
+                if status != 200:
+                    raise RuntimeError(f"list: {status} {body[:300]!r}")
+                bodies.append(body)
     finally:
         connection.close()
     items = orjson.loads(bodies[-1])["items"]
@@ -338,24 +361,40 @@ def bench_list(server: HypermeshServer, args: argparse.Namespace) -> dict[str, A
         raise RuntimeError(f"list returned {len(items)} items, expected {args.list_objects}")
     median = statistics.median(timings)
     encoded = [orjson.dumps(item) for item in items]
+    response_bytes, listed = len(bodies[-1]), len(items)
+    del items, bodies  # Parsed objects left alive would slow the garbage collector below.
+    details: dict[str, Any] = {
+        "objects": listed,
+        "response_bytes": response_bytes,
+        "timings_ms": [_common.ms(t, 1) for t in timings],
+    }
+    if profile.summary:
+        details["profile"] = profile.summary
     return {
         "list": _common.measurement(
-            what=f"list of {len(items)} Workloads in one request (median of 5)",
+            what=f"list of {listed} Workloads in one request (median of 5)",
             figure=_common.ms(median, 1),
             unit="ms",
             target=TARGET_LIST_MS,
             comparison="<=",
             limits={
-                "raw_sqlite_read": _common.limit(_common.ms(sqlite_read(encoded), 1), "ms",
-                                                 "sqlite3 SELECT of the same objects' bytes"),
-                "orjson_roundtrip": _common.limit(_common.ms(orjson_roundtrip(encoded), 1), "ms",
-                                                  "orjson decode of each object + encode of the list"),
+                "raw_sqlite_read": _common.limit(
+                    _common.ms(sqlite_read(encoded), 1),
+                    "ms",
+                    "sqlite3 SELECT of the same objects' bytes",
+                ),
+                "orjson_roundtrip": _common.limit(
+                    _common.ms(orjson_roundtrip(encoded, collect=True), 1),
+                    "ms",
+                    "orjson decode of each object + encode of the list",
+                ),
+                "orjson_roundtrip_gc_off": _common.limit(
+                    _common.ms(orjson_roundtrip(encoded, collect=False), 1),
+                    "ms",
+                    "the same with Python's cyclic garbage collector disabled",
+                ),
             },
-            details={
-                "objects": len(items),
-                "response_bytes": len(bodies[-1]),
-                "timings_ms": [_common.ms(t, 1) for t in timings],
-            },
+            details=details,
         )
     }
 
@@ -367,8 +406,9 @@ def sqlite_read(values: list[bytes]) -> float:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("CREATE TABLE t (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID")
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO t VALUES (?, ?)",
-                         ((f"/k/{i:06d}", v) for i, v in enumerate(values)))
+        conn.executemany(
+            "INSERT INTO t VALUES (?, ?)", ((f"/k/{i:06d}", v) for i, v in enumerate(values))
+        )
         conn.execute("COMMIT")
         timings = []
         for _ in range(5):
@@ -380,27 +420,74 @@ def sqlite_read(values: list[bytes]) -> float:
     return statistics.median(timings)
 
 
-def orjson_roundtrip(values: list[bytes]) -> float:
-    """Median seconds to decode every object and encode them as one list."""
+def orjson_roundtrip(values: list[bytes], *, collect: bool) -> float:
+    """Median seconds to decode every object and encode them as one list.
+
+    Decoding 10,000 objects allocates a few hundred thousand dicts, which sets off the cyclic
+    garbage collector several times; `collect=False` measures the work without it.
+    """
     timings = []
-    for _ in range(5):
-        began = time.monotonic()
-        orjson.dumps({"items": [orjson.loads(v) for v in values]})
-        timings.append(time.monotonic() - began)
+    try:
+        if not collect:
+            gc.disable()
+        for _ in range(5):
+            began = time.monotonic()
+            orjson.dumps({"items": [orjson.loads(v) for v in values]})
+            timings.append(time.monotonic() - began)
+    finally:
+        gc.enable()
     return statistics.median(timings)
+
+
+class _WatchProtocol(asyncio.Protocol):
+    """One watch stream, timing each ADDED event at the moment its bytes arrive.
+
+    A callback protocol rather than asyncio streams: a thousand streams in one process must not
+    make the client, rather than the server, the slow part. Chunked framing is not parsed: the
+    server writes whole event lines per chunk, so after splitting on newlines the chunk-size
+    lines and chunk ends are the pieces that do not start with "{".
+    """
+
+    def __init__(self, request: bytes, on_added: Any) -> None:
+        self.request = request
+        self.on_added = on_added
+        self.buffer = b""
+        self.headers: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.headers.done():
+            self.headers.set_exception(ConnectionError(f"watch stream closed: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.buffer += data
+        if not self.headers.done():
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status_line = self.buffer.split(b"\r\n", 1)[0]
+            if b" 200 " not in status_line:
+                self.headers.set_exception(RuntimeError(f"watch answered {status_line!r}"))
+                return
+            self.buffer = self.buffer[end + 4 :]
+            self.headers.set_result(None)
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if line.startswith(b'{"type":"ADDED"'):
+                self.on_added(orjson.loads(line)["object"]["metadata"]["name"], now)
 
 
 def _watch_process(
     port: int, pki: Pki, path: str, count: int, established: Any, events: Any, stop: Any
 ) -> None:
-    """`count` watch streams on `path` in one asyncio process; reports when each name arrived
+    """`count` watch streams on `path` in one uvloop process; reports when each name arrived
     on all of them (monotonic clock, shared by every process on the machine)."""
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:  # pragma: no cover
-        run = asyncio.run
+    import uvloop
 
     async def main() -> None:
         context = pki.client_context()
@@ -408,54 +495,32 @@ def _watch_process(
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {_common.USER_AGENT}\r\n"
             "Accept: application/json\r\n\r\n"
         ).encode()
+        loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(32)
         seen: dict[str, list[float]] = {}
 
-        async def open_stream() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            async with gate:
-                reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1")
-                writer.write(request)
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
-                if b" 200 " not in head.split(b"\r\n", 1)[0]:
-                    raise RuntimeError(f"watch answered {head[:200]!r}")
-                return reader, writer
+        def on_added(name: str, at: float) -> None:
+            times = seen.setdefault(name, [])
+            times.append(at)
+            if len(times) == count:
+                events.put((name, times))
 
-        async def consume(reader: asyncio.StreamReader) -> None:
-            pending = b""
-            while True:
-                size_line = await reader.readline()
-                if not size_line:
-                    return
-                size = int(size_line.split(b";")[0], 16)
-                if size == 0:
-                    return
-                data = await reader.readexactly(size + 2)
-                now = time.monotonic()
-                pending += data[:-2]
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if not line:
-                        continue
-                    event = orjson.loads(line)
-                    if event["type"] != "ADDED":
-                        continue
-                    name = event["object"]["metadata"]["name"]
-                    times = seen.setdefault(name, [])
-                    times.append(now)
-                    if len(times) == count:
-                        events.put((name, times))
+        async def open_stream() -> _WatchProtocol:
+            async with gate:
+                protocol = _WatchProtocol(request, on_added)
+                await loop.create_connection(
+                    lambda: protocol, "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
+                )
+                await asyncio.wait_for(protocol.headers, 60)
+                return protocol
 
         streams = await asyncio.gather(*(open_stream() for _ in range(count)))
         established.put(len(streams))
-        tasks = [asyncio.create_task(consume(reader)) for reader, _ in streams]
-        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
-        for task in tasks:
-            task.cancel()
-        for _, writer in streams:
-            writer.close()
+        await loop.run_in_executor(None, stop.wait)
+        for protocol in streams:
+            protocol.transport.close()
 
-    run(main())
+    uvloop.run(main())
 
 
 def bench_watch(server: HypermeshServer, args: argparse.Namespace) -> dict[str, Any]:
@@ -470,9 +535,11 @@ def bench_watch(server: HypermeshServer, args: argparse.Namespace) -> dict[str, 
     shares[0] += args.watchers - sum(shares)
     watch_path = f"{path}?watch=true&resourceVersion={revision}"
     workers = [
-        context.Process(target=_watch_process,
-                        args=(server.port, server.pki, watch_path, n, established, events, stop),
-                        daemon=True)
+        context.Process(
+            target=_watch_process,
+            args=(server.port, server.pki, watch_path, n, established, events, stop),
+            daemon=True,
+        )
         for n in shares
     ]
     setup_began = time.monotonic()
@@ -487,30 +554,40 @@ def bench_watch(server: HypermeshServer, args: argparse.Namespace) -> dict[str, 
         posts: list[float] = []
         rounds: list[dict[str, Any]] = []
         missing = 0
-        for k in range(args.watch_rounds):
-            name = f"round-{k}"
-            body = WORKLOAD.replace(b"{name}", name.encode())
-            began = time.monotonic()
-            status, answer = connection.request("POST", path, body)
-            posts.append(time.monotonic() - began)
-            if status != 201:
-                raise RuntimeError(f"create {name}: {status} {answer[:300]!r}")
-            got: list[float] = []
-            reported = 0
-            try:
-                while reported < len(workers):
-                    seen_name, times = events.get(timeout=30)
-                    if seen_name == name:
-                        got += [t - began for t in times]
-                        reported += 1
-            except queue.Empty:
-                pass
-            missing += opened - len(got)
-            delays += got
-            rounds.append({"p50_ms": _common.ms(_common.percentile(got, 0.5)),
-                           "p99_ms": _common.ms(_common.percentile(got, 0.99)),
-                           "max_ms": _common.ms(max(got) if got else None)})
-            time.sleep(0.5)
+        clients = [psutil.Process(worker.pid) for worker in workers]
+        server_cpu = client_cpu = 0.0
+        with Profile(args.py_spy, "watch", server.process.pid) as profile:
+            for k in range(args.watch_rounds):
+                name = f"round-{k}"
+                body = WORKLOAD.replace(b"{name}", name.encode())
+                cpu_before = (server.cpu_seconds(), sum(map(_common.process_cpu_seconds, clients)))
+                began = time.monotonic()
+                status, answer = connection.request("POST", path, body)
+                posts.append(time.monotonic() - began)
+                if status != 201:
+                    raise RuntimeError(f"create {name}: {status} {answer[:300]!r}")
+                got: list[float] = []
+                reported = 0
+                try:
+                    while reported < len(workers):
+                        seen_name, times = events.get(timeout=30)
+                        if seen_name == name:
+                            got += [t - began for t in times]
+                            reported += 1
+                except queue.Empty:
+                    pass
+                server_cpu += server.cpu_seconds() - cpu_before[0]
+                client_cpu += sum(map(_common.process_cpu_seconds, clients)) - cpu_before[1]
+                missing += opened - len(got)
+                delays += got
+                rounds.append(
+                    {
+                        "p50_ms": _common.ms(_common.percentile(got, 0.5)),
+                        "p99_ms": _common.ms(_common.percentile(got, 0.99)),
+                        "max_ms": _common.ms(max(got) if got else None),
+                    }
+                )
+                time.sleep(0.5)
         connection.close()
     finally:
         stop.set()
@@ -526,18 +603,28 @@ def bench_watch(server: HypermeshServer, args: argparse.Namespace) -> dict[str, 
             unit="ms",
             target=TARGET_WATCH_P99_MS,
             comparison="<=",
-            limits={"create_latency": _common.limit(
-                _common.ms(statistics.median(posts)), "ms",
-                "median time for the POST itself to return, same rounds")},
+            limits={
+                "create_latency": _common.limit(
+                    _common.ms(statistics.median(posts)),
+                    "ms",
+                    "median time for the POST itself to return, same rounds",
+                )
+            },
             details={
                 "watchers": opened,
                 "client_processes": len(workers),
                 "rounds": rounds,
-                "delay_ms": {"p50": _common.ms(_common.percentile(delays, 0.5)),
-                             "p99": _common.ms(p99),
-                             "max": _common.ms(max(delays) if delays else None)},
+                "delay_ms": {
+                    "p50": _common.ms(_common.percentile(delays, 0.5)),
+                    "p99": _common.ms(p99),
+                    "max": _common.ms(max(delays) if delays else None),
+                },
                 "events_missing": missing,
                 "setup_seconds": round(setup_s, 2),
+                # Who spent the time: CPU per round (one create, N events), server and watchers.
+                "server_cpu_ms_per_round": _common.ms(server_cpu / max(1, len(rounds))),
+                "watcher_clients_cpu_ms_per_round": _common.ms(client_cpu / max(1, len(rounds))),
+                **({"profile": profile.summary} if profile.summary else {}),
             },
         )
     }
@@ -551,15 +638,22 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
         baseline = server.rss_bytes()
         namespace = "bench-memory"
         create_namespace(server, namespace)
-        created = populate(server, args, path=instances(namespace), body=INSTANCE, prefix="i",
-                           count=args.memory_objects, seconds=args.memory_seconds)
+        created = populate(
+            server,
+            args,
+            path=instances(namespace),
+            body=INSTANCE,
+            prefix="i",
+            count=args.memory_objects,
+            seconds=args.memory_seconds,
+        )
         held = created["requests"]
         time.sleep(2.0)
         states: dict[str, dict[str, Any]] = {"idle": {"rss_bytes": server.rss_bytes()}}
 
         # A paginated list of them all, as an informer's first list does.
         connection = server.connect()
-        pages, items, token = 0, 0, ""
+        pages, items, json_bytes, token = 0, 0, 0, ""
         began = time.monotonic()
         with _common.RssSampler(server.process) as sampler:
             while True:
@@ -570,6 +664,7 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
                 page = orjson.loads(body)
                 pages += 1
                 items += len(page["items"])
+                json_bytes += sum(len(orjson.dumps(item)) for item in page["items"])
                 token = page["metadata"].get("continue") or ""
                 if not token:
                     break
@@ -577,8 +672,11 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
         list_s = time.monotonic() - began
         time.sleep(1.0)
         states["after_paginated_list"] = {
-            "rss_bytes": server.rss_bytes(), "peak_rss_bytes": sampler.peak,
-            "pages": pages, "items": items, "seconds": round(list_s, 2),
+            "rss_bytes": server.rss_bytes(),
+            "peak_rss_bytes": sampler.peak,
+            "pages": pages,
+            "items": items,
+            "seconds": round(list_s, 2),
         }
         connection.close()
 
@@ -586,7 +684,8 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
         watch = server.connect()
         watch.sock.sendall(
             f"GET {instances(None)}?watch=true&resourceVersion={revision} HTTP/1.1\r\n"
-            f"Host: 127.0.0.1\r\nUser-Agent: {_common.USER_AGENT}\r\n\r\n".encode())
+            f"Host: 127.0.0.1\r\nUser-Agent: {_common.USER_AGENT}\r\n\r\n".encode()
+        )
         status, _ = watch.read_head()
         time.sleep(1.0)
         states["with_informer_watch"] = {"rss_bytes": server.rss_bytes(), "status": status}
@@ -596,7 +695,8 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
         watch = server.connect()
         watch.sock.sendall(
             f"GET {instances(None)}?watch=true HTTP/1.1\r\n"
-            f"Host: 127.0.0.1\r\nUser-Agent: {_common.USER_AGENT}\r\n\r\n".encode())
+            f"Host: 127.0.0.1\r\nUser-Agent: {_common.USER_AGENT}\r\n\r\n".encode()
+        )
         with _common.RssSampler(server.process) as sampler:
             status, _ = watch.read_head()
             replayed = 0
@@ -606,13 +706,18 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
                 if replayed >= held:
                     break
         time.sleep(1.0)
-        states["with_replaying_watch"] = {"rss_bytes": server.rss_bytes(),
-                                          "peak_rss_bytes": sampler.peak,
-                                          "events_replayed": replayed, "status": status}
+        states["with_replaying_watch"] = {
+            "rss_bytes": server.rss_bytes(),
+            "peak_rss_bytes": sampler.peak,
+            "events_replayed": replayed,
+            "status": status,
+        }
         watch.close()
+        time.sleep(1.0)
+        states["after_watches_closed"] = {"rss_bytes": server.rss_bytes()}
 
-    # What the same objects weigh as JSON: a floor any server holding them all must pay.
-    one_object = len(INSTANCE) + 700  # Defaults and metadata the server adds (~700 bytes).
+    # What the objects weigh as compact JSON: a floor for any server that holds them all.
+    one_object = json_bytes / items if items else 0.0
     extrapolated = held < MEMORY_OBJECTS
     scale = MEMORY_OBJECTS / held if held else 0.0
 
@@ -622,6 +727,8 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     for state in states.values():
         state["rss_mib"] = round(state["rss_bytes"] / mib, 1)
         if "peak_rss_bytes" in state:
+            # The sampler may miss the last allocations of a phase.
+            state["peak_rss_bytes"] = max(state["peak_rss_bytes"], state["rss_bytes"])
             state["peak_rss_mib"] = round(state["peak_rss_bytes"] / mib, 1)
         state[f"rss_mib_at_{MEMORY_OBJECTS}"] = round(at_target_count(state["rss_bytes"]), 1)
     worst_state = max(states, key=lambda s: states[s]["rss_bytes"])
@@ -634,10 +741,14 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
             target=TARGET_MEMORY_MIB,
             comparison="<=",
             limits={
-                "empty_server_rss": _common.limit(round(baseline / mib, 1), "MiB",
-                                                  "RSS of the same server, fresh, no objects"),
-                "objects_as_json": _common.limit(round(MEMORY_OBJECTS * one_object / mib, 1),
-                                                 "MiB", "the objects' JSON bytes, approximately"),
+                "empty_server_rss": _common.limit(
+                    round(baseline / mib, 1), "MiB", "RSS of the same server, fresh, no objects"
+                ),
+                "objects_as_json": _common.limit(
+                    round(MEMORY_OBJECTS * one_object / mib, 1),
+                    "MiB",
+                    "the objects as compact JSON, as listed",
+                ),
             },
             details={
                 "objects_created": held,
@@ -646,7 +757,10 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
                 "extrapolated": extrapolated,
                 "extrapolation": (
                     f"linear from {held} objects: baseline + (rss - baseline) * "
-                    f"{MEMORY_OBJECTS}/{held}" if extrapolated else None),
+                    f"{MEMORY_OBJECTS}/{held}"
+                    if extrapolated
+                    else None
+                ),
                 "worst_state": worst_state,
                 "states": states,
             },
@@ -657,8 +771,11 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
-    parser.add_argument("--only", default=",".join(MEASUREMENTS),
-                        help=f"comma-separated subset of {','.join(MEASUREMENTS)}")
+    parser.add_argument(
+        "--only",
+        default=",".join(MEASUREMENTS),
+        help=f"comma-separated subset of {','.join(MEASUREMENTS)}",
+    )
     parser.add_argument("--duration", type=float, help="seconds of each create/get phase")
     parser.add_argument("--processes", type=int, default=4, help="client processes")
     parser.add_argument("--threads", type=int, default=16, help="connections per client process")
@@ -668,15 +785,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--watch-processes", type=int, default=2)
     parser.add_argument("--watch-rounds", type=int, help="objects created while watched")
     parser.add_argument("--memory-objects", type=int, help="Instances created for the memory phase")
-    parser.add_argument("--memory-seconds", type=float,
-                        help="stop creating after this long and extrapolate")
-    parser.add_argument("--py-spy", type=Path, metavar="DIR",
-                        help="profile the server with py-spy during create and get, into DIR")
+    parser.add_argument(
+        "--memory-seconds", type=float, help="stop creating after this long and extrapolate"
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="profile the server with py-spy during create and get, into DIR",
+    )
     parser.add_argument("--output", type=Path, help="also write the JSON to this file")
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {
-        "duration": 2.0 if quick else 10.0,
+        "duration": 1.5 if quick else 10.0,
         "get_objects": 640 if quick else 6400,
         "list_objects": 1_000 if quick else 10_000,
         "watchers": 100 if quick else 1_000,
@@ -702,6 +824,7 @@ def main() -> None:
         "benchmark": "api",
         "started": _common.now_iso(),
         "machine": _common.machine_info(),
+        "code": _common.code_version(),
         "quick": args.quick,
         "client": {"processes": args.processes, "threads_per_process": args.threads},
         "profiled_with_py_spy": bool(args.py_spy),

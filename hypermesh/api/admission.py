@@ -62,13 +62,9 @@ class Admission:
         self.crds: CustomResources | None = None
 
     async def check_namespace_open(self, namespace: str) -> None:
-        ns_type = self.registry.by_plural("", "v1", "namespaces")
-        assert ns_type is not None
-        ns = await self.storage.get(ns_type, None, namespace)
-        if ns is None:
-            raise errors.not_found("namespaces", "", namespace)
-        if ns["metadata"].get("deletionTimestamp"):
-            raise errors.forbidden(f'unable to create new content in namespace {namespace} because it is being terminated')
+        assert self.namespaces is not None
+        if not await self.namespaces.is_open(namespace):
+            raise errors.forbidden(f"unable to create new content in namespace {namespace} because it is being terminated")
 
     def default(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
         """Defaults no schema can express (they depend on other fields)."""

@@ -47,7 +47,7 @@ class APIServer:
         self.watchcache = WatchCache(store)
         self.admission = Admission(self.storage, self.registry)
         self.api = ResourceAPI(self.storage, self.admission)
-        self.namespaces = Namespaces(self.storage, self.registry)
+        self.namespaces = Namespaces(self.storage, self.registry, self.watchcache)
         self.namespaces.api = self.api
         self.crds = CustomResources(self.storage, self.registry, self.watchcache)
         self.admission.namespaces = self.namespaces

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hypermesh.api import errors, objects
 from hypermesh.api.storage import ObjectStorage
+from hypermesh.api.watchcache import CachedEvent, WatchCache
 from hypermesh.resources.registry import Registry, ResourceType
 
 if TYPE_CHECKING:
@@ -28,11 +29,56 @@ SWEEP_INTERVAL = 0.5
 
 
 class Namespaces:
-    def __init__(self, storage: ObjectStorage, registry: Registry) -> None:
+    def __init__(self, storage: ObjectStorage, registry: Registry, watchcache: WatchCache) -> None:
         self.storage = storage
         self.registry = registry
+        self.watchcache = watchcache
         self.api: ResourceAPI | None = None
         self._sweeps: dict[str, asyncio.Task[None]] = {}
+        # Every create of a namespaced object checks its namespace; a map kept in step with the
+        # namespaces' watch spares that store read. name -> terminating.
+        self._known: dict[str, bool] = {}
+        self._tracker: asyncio.Task[None] | None = None
+
+    async def is_open(self, name: str) -> bool:
+        """Whether objects may be created in namespace `name` (NotFound when it is missing)."""
+        terminating = self._known.get(name)
+        if terminating is None:
+            # Not seen yet (just created, or the tracker is behind): ask the store.
+            ns = await self.storage.get(self.rtype, None, name)
+            if ns is None:
+                raise errors.not_found("namespaces", "", name)
+            terminating = bool(ns["metadata"].get("deletionTimestamp"))
+        return not terminating
+
+    async def _track(self) -> None:
+        """Keep `_known` equal to the stored namespaces, resubscribing if the watch ends."""
+        while True:
+            cache = self.watchcache.for_type(self.rtype)
+            subscription = cache.subscribe(lambda obj: True, None)
+            assert subscription is not None
+            watcher, _, revision = subscription
+            try:
+                page = await self.storage.list(self.rtype, None, revision=revision)
+                self._known = {ns["metadata"]["name"]: bool(ns["metadata"].get("deletionTimestamp")) for ns in page.items}
+                while not watcher.closed or not watcher.queue.empty():
+                    item = await watcher.queue.get()
+                    if isinstance(item, CachedEvent):
+                        name = item.obj["metadata"]["name"]
+                        if item.type == "DELETED":
+                            self._known.pop(name, None)
+                        else:
+                            self._known[name] = bool(item.obj["metadata"].get("deletionTimestamp"))
+                    elif item == -1:
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("namespace tracking failed; restarting")
+                await asyncio.sleep(0.5)
+            finally:
+                cache.unsubscribe(watcher)
+            self._known = {}
 
     @property
     def rtype(self) -> ResourceType:
@@ -57,6 +103,7 @@ class Namespaces:
                 except errors.ApiError as exc:
                     if exc.reason != "AlreadyExists":
                         raise
+        self._tracker = asyncio.get_running_loop().create_task(self._track(), name="namespace-tracker")
         # Resume the sweeps of namespaces that were terminating when the server stopped.
         page = await self.storage.list(self.rtype, None)
         for ns in page.items:
@@ -125,9 +172,10 @@ class Namespaces:
         return True
 
     async def stop(self) -> None:
-        for task in self._sweeps.values():
+        tasks = [*self._sweeps.values(), *([self._tracker] if self._tracker else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._sweeps.values():
+        for task in tasks:
             try:
                 await task
             except (asyncio.CancelledError, Exception):

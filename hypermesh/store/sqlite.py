@@ -489,7 +489,11 @@ class SqliteStore(Store):
         # than the hop to a reader thread and back (~100 µs under load).
         if self._closed:
             raise StoreClosedError("the store is closed")
-        return self._in_read_txn(lambda conn: _read_get(conn, key, revision), self._loop_connection())
+        conn = self._loop_connection()
+        if revision == 0:
+            # The latest version needs one statement, which is its own consistent snapshot.
+            return _read_latest(conn, key)
+        return self._in_read_txn(lambda c: _read_get(c, key, revision), conn)
 
     async def range(
         self,
@@ -839,6 +843,14 @@ def _read_revision(conn: sqlite3.Connection, revision: int) -> tuple[int, int]:
     if revision < compacted:
         raise CompactedError(revision, compacted)
     return revision, current
+
+
+def _read_latest(conn: sqlite3.Connection, key: str) -> KeyValue | None:
+    row = conn.execute(
+        f"SELECT {_KV}, l.deleted FROM latest AS l JOIN kv AS k ON k.id = l.id WHERE l.key = ?",
+        (key,),
+    ).fetchone()
+    return None if row is None or row[5] else KeyValue(*row[:5])
 
 
 def _read_get(conn: sqlite3.Connection, key: str, revision: int) -> KeyValue | None:
