@@ -153,14 +153,17 @@ class Pki:
 
     @property
     def ca(self) -> Path:
+        """The cluster CA certificate."""
         return self.directory / "ca.crt"
 
     @property
     def cert(self) -> Path:
+        """The admin client certificate."""
         return self.directory / "admin.crt"
 
     @property
     def key(self) -> Path:
+        """The admin client key."""
         return self.directory / "admin.key"
 
     def client_context(self) -> ssl.SSLContext:
@@ -182,8 +185,11 @@ class HttpsConnection:
     `recv` calls. It understands Content-Length and chunked bodies, nothing else.
     """
 
-    def __init__(self, port: int, context: ssl.SSLContext, host: str = "127.0.0.1") -> None:
-        raw = socket.create_connection((host, port))
+    def __init__(
+        self, port: int, context: ssl.SSLContext, host: str = "127.0.0.1", timeout: float = 300.0
+    ) -> None:
+        # A timeout, so that a server that stops answering fails the benchmark instead of hanging it.
+        raw = socket.create_connection((host, port), timeout=timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = context.wrap_socket(raw, server_hostname=host)
         self.host = host.encode()
@@ -321,6 +327,7 @@ class HypermeshServer:
 
     @property
     def process(self) -> psutil.Process:
+        """The running server process, for psutil."""
         assert self.ps is not None, "the server is not running"
         return self.ps
 
@@ -547,7 +554,7 @@ def _client_process(
     port: int,
     pki: Pki,
     index: int,
-    threads: int,
+    connections: int,
     shares: list[int | None],
     ready: Any,
     go: Any,
@@ -559,8 +566,8 @@ def _client_process(
         context = pki.client_context()
         loop = asyncio.get_running_loop()
         protocols = []
-        for t in range(threads):
-            protocol = _LoadProtocol(plan, index * threads + t, shares[t])
+        for c in range(connections):
+            protocol = _LoadProtocol(plan, index * connections + c, shares[c])
             await loop.create_connection(
                 lambda protocol=protocol: protocol,  # type: ignore[misc]
                 "127.0.0.1",
@@ -603,15 +610,15 @@ def run_load(
     pki: Pki,
     server: psutil.Process,
     processes: int = 4,
-    threads: int = 16,
+    connections: int = 16,
 ) -> dict[str, Any]:
-    """Run `plan` from processes x threads keep-alive connections; rate, latency, server CPU.
+    """Run `plan` from processes x connections keep-alive connections; rate, latency, server CPU.
 
     Connections are made (TLS handshakes done) before the clock starts; the server's CPU time is
     read just before the start signal and just after the last client finished.
     """
     context = multiprocessing.get_context("fork")
-    clients = processes * threads
+    clients = processes * connections
     if plan.count is not None:
         per, extra = divmod(plan.count, clients)
         shares: list[int | None] = [per + (1 if i < extra else 0) for i in range(clients)]
@@ -626,8 +633,8 @@ def run_load(
                 port,
                 pki,
                 p,
-                threads,
-                shares[p * threads : (p + 1) * threads],
+                connections,
+                shares[p * connections : (p + 1) * connections],
                 ready,
                 go,
                 results,
@@ -676,7 +683,11 @@ def run_load(
         "server_cpu_ms_per_request": round(cpu / done * 1000, 4) if done else None,
         "server_requests_per_core_second": round(done / cpu) if cpu > 0 else None,
         "server_cpu_utilisation_cores": round(cpu / elapsed, 2) if elapsed > 0 else None,
-        "client": {"processes": processes, "threads_per_process": threads, "connections": clients},
+        "client": {
+            "processes": processes,
+            "connections_per_process": connections,
+            "connections": clients,
+        },
     }
 
 

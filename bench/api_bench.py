@@ -4,7 +4,7 @@ Every figure is taken from a real `hypermesh server` process over mutual TLS, th
 reach it, and printed beside its target and beside the limits of this machine measured in the
 same run (the machines are 2 shared cores, so yesterday's baseline says little about today):
 
-- create / get rates from 64 keep-alive connections (4 processes x 16 threads), with the
+- create / get rates from 64 keep-alive connections (4 uvloop processes x 16), with the
   server's CPU time per request, next to the rate at which the same client harness gets answers
   from a trivial ASGI app on the same TLS listener (`transport_bench.py --serve`), and next to
   what plain sqlite3 commits (`store_bench.raw_sqlite_limit`);
@@ -12,15 +12,15 @@ same run (the machines are 2 shared cores, so yesterday's baseline says little a
   decoding and re-encoding them with orjson;
 - the delay until 1,000 watchers of one namespace all see a new object;
 - the server's resident memory holding 100,000 Instances: idle, after a paginated list of them
-  all, with an informer-style watch open, and with a watch that replayed all of them. If the
-  creates do not fit in `--memory-seconds`, the memory is extrapolated linearly from what was
-  created, and the JSON says so.
+  all, with an informer-style watch open, with a watch that replayed all of them, and after the
+  watches closed. If the creates do not fit in `--memory-seconds`, the memory is extrapolated
+  linearly from what was created, and the JSON says so.
 
 The client shares the two cores with the server, so rates are floors; server CPU per request is
 the figure that does not depend on the client.
 
     .venv/bin/python bench/api_bench.py [--quick] [--only create,get,list,watch,memory]
-        [--py-spy DIR]   # also profile the server during the create and get phases
+        [--py-spy DIR]   # also profile the server in each phase (figures come out lower)
 
 Prints one JSON object.
 """
@@ -76,10 +76,12 @@ INSTANCE = (
 
 
 def workloads(namespace: str) -> str:
+    """The Workload collection of a namespace."""
     return f"{GROUP}/namespaces/{namespace}/workloads"
 
 
 def instances(namespace: str | None) -> str:
+    """The Instance collection of a namespace, or of all namespaces."""
     return f"{GROUP}/namespaces/{namespace}/instances" if namespace else f"{GROUP}/instances"
 
 
@@ -115,7 +117,7 @@ def load(server: HypermeshServer, plan: LoadPlan, args: argparse.Namespace) -> d
         pki=server.pki,
         server=server.process,
         processes=args.processes,
-        threads=args.threads,
+        connections=args.connections,
     )
 
 
@@ -169,7 +171,7 @@ def limit_trivial_tls(args: argparse.Namespace, duration: float) -> dict[str, An
                 pki=Pki(Path(pki.directory)),
                 server=psutil.Process(proc.pid),
                 processes=args.processes,
-                threads=args.threads,
+                connections=args.connections,
             )
         finally:
             _common.stop_process(proc)
@@ -309,7 +311,7 @@ def bench_get(
     objects = args.get_objects
     populate(server, args, path=workloads("bench-get"), body=WORKLOAD, prefix="g", count=objects)
     # `populate` names objects g-<client>-<n>, n counting per client from 0.
-    clients = args.processes * args.threads
+    clients = args.processes * args.connections
     names = tuple(f"g-{c}-{n}" for c in range(clients) for n in range(objects // clients))
     plan = LoadPlan("GET", workloads("bench-get") + "/{name}", names=names, duration=args.duration)
     with Profile(args.py_spy, "get", server.process.pid) as profile:
@@ -548,7 +550,7 @@ def bench_watch(server: HypermeshServer, args: argparse.Namespace) -> dict[str, 
     try:
         opened = sum(established.get(timeout=300) for _ in workers)
         setup_s = time.monotonic() - setup_began
-        time.sleep(1.0)
+        time.sleep(args.settle)
         connection = server.connect()
         delays: list[float] = []
         posts: list[float] = []
@@ -587,7 +589,7 @@ def bench_watch(server: HypermeshServer, args: argparse.Namespace) -> dict[str, 
                         "max_ms": _common.ms(max(got) if got else None),
                     }
                 )
-                time.sleep(0.5)
+                time.sleep(args.settle / 2)
         connection.close()
     finally:
         stop.set()
@@ -634,7 +636,7 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     """RSS of a fresh server holding N Instances: idle, after a paginated list, while watched."""
     mib = 2**20
     with HypermeshServer(label="memory") as server:
-        time.sleep(1.0)
+        time.sleep(args.settle)
         baseline = server.rss_bytes()
         namespace = "bench-memory"
         create_namespace(server, namespace)
@@ -648,14 +650,17 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
             seconds=args.memory_seconds,
         )
         held = created["requests"]
-        time.sleep(2.0)
+        time.sleep(2 * args.settle)
         states: dict[str, dict[str, Any]] = {"idle": {"rss_bytes": server.rss_bytes()}}
 
         # A paginated list of them all, as an informer's first list does.
         connection = server.connect()
         pages, items, json_bytes, token = 0, 0, 0, ""
-        began = time.monotonic()
-        with _common.RssSampler(server.process) as sampler:
+        with (
+            _common.RssSampler(server.process) as sampler,
+            Profile(args.py_spy, "paginate", server.process.pid) as paginate_profile,
+        ):
+            began = time.monotonic()
             while True:
                 query = f"?limit=500&continue={token}" if token else "?limit=500"
                 status, body = connection.request("GET", instances(None) + query)
@@ -670,13 +675,14 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
                     break
         revision = page["metadata"]["resourceVersion"]
         list_s = time.monotonic() - began
-        time.sleep(1.0)
+        time.sleep(args.settle)
         states["after_paginated_list"] = {
             "rss_bytes": server.rss_bytes(),
             "peak_rss_bytes": sampler.peak,
             "pages": pages,
             "items": items,
             "seconds": round(list_s, 2),
+            **({"profile": paginate_profile.summary} if paginate_profile.summary else {}),
         }
         connection.close()
 
@@ -687,7 +693,7 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
             f"Host: 127.0.0.1\r\nUser-Agent: {_common.USER_AGENT}\r\n\r\n".encode()
         )
         status, _ = watch.read_head()
-        time.sleep(1.0)
+        time.sleep(args.settle)
         states["with_informer_watch"] = {"rss_bytes": server.rss_bytes(), "status": status}
         watch.close()
 
@@ -697,7 +703,10 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
             f"GET {instances(None)}?watch=true HTTP/1.1\r\n"
             f"Host: 127.0.0.1\r\nUser-Agent: {_common.USER_AGENT}\r\n\r\n".encode()
         )
-        with _common.RssSampler(server.process) as sampler:
+        with (
+            _common.RssSampler(server.process) as sampler,
+            Profile(args.py_spy, "replay", server.process.pid) as replay_profile,
+        ):
             status, _ = watch.read_head()
             replayed = 0
             for line in _common.iter_lines(watch):
@@ -705,15 +714,16 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
                     replayed += 1
                 if replayed >= held:
                     break
-        time.sleep(1.0)
+        time.sleep(args.settle)
         states["with_replaying_watch"] = {
             "rss_bytes": server.rss_bytes(),
             "peak_rss_bytes": sampler.peak,
             "events_replayed": replayed,
             "status": status,
+            **({"profile": replay_profile.summary} if replay_profile.summary else {}),
         }
         watch.close()
-        time.sleep(1.0)
+        time.sleep(args.settle)
         states["after_watches_closed"] = {"rss_bytes": server.rss_bytes()}
 
     # What the objects weigh as compact JSON: a floor for any server that holds them all.
@@ -769,6 +779,7 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line, with the sizes of a full or a --quick run filled in."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument(
@@ -778,7 +789,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=float, help="seconds of each create/get phase")
     parser.add_argument("--processes", type=int, default=4, help="client processes")
-    parser.add_argument("--threads", type=int, default=16, help="connections per client process")
+    parser.add_argument("--connections", type=int, default=16, help="connections per process")
     parser.add_argument("--get-objects", type=int, help="objects the get phase reads")
     parser.add_argument("--list-objects", type=int, help="objects in the listed namespace")
     parser.add_argument("--watchers", type=int, help="concurrent watch streams")
@@ -792,8 +803,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--py-spy",
         type=Path,
         metavar="DIR",
-        help="profile the server with py-spy during create and get, into DIR",
+        help="profile the server with py-spy during each phase, into DIR",
     )
+    parser.add_argument("--settle", type=float, help="seconds of quiet between steps")
     parser.add_argument("--output", type=Path, help="also write the JSON to this file")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -805,6 +817,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "watch_rounds": 2 if quick else 5,
         "memory_objects": 2_000 if quick else MEMORY_OBJECTS,
         "memory_seconds": 20.0 if quick else 180.0,
+        # Seconds to let the server settle between steps (memory readings, watch rounds).
+        "settle": 0.2 if quick else 1.0,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -819,6 +833,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
+    """Measure what --only asks for and print the report."""
     args = parse_args()
     report: dict[str, Any] = {
         "benchmark": "api",
@@ -826,7 +841,7 @@ def main() -> None:
         "machine": _common.machine_info(),
         "code": _common.code_version(),
         "quick": args.quick,
-        "client": {"processes": args.processes, "threads_per_process": args.threads},
+        "client": {"processes": args.processes, "connections_per_process": args.connections},
         "profiled_with_py_spy": bool(args.py_spy),
     }
     began = time.monotonic()

@@ -173,6 +173,7 @@ def markdown(benches: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    """Run the benchmarks and print (and optionally save) the combined report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick where supported")
     parser.add_argument("--only", help="comma-separated script names (with or without .py)")

@@ -149,7 +149,8 @@ class ResourceAPI:
                 obj = await self.storage.get(rtype, namespace, exact_name)
                 rev = self.storage.revision
                 matched = obj is not None and (labels is None or labels.matches(obj["metadata"].get("labels"))) and fields.matches(obj)
-                return Page([obj] if matched and obj else [], rev, None, None)
+                found = [obj] if matched and obj else []
+                return Page([orjson.dumps(o) for o in found], rev, None, None, found)
 
         def keep(obj: dict[str, Any]) -> bool:
             if labels is not None and not labels.matches(obj["metadata"].get("labels")):

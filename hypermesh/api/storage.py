@@ -7,14 +7,17 @@ between Kubernetes objects and key-value pairs:
 - `metadata.resourceVersion` is never stored: it *is* the key's `mod_revision`, injected on
   every read, so it cannot disagree with the store and needs no second write;
 - every write is a compare-and-swap on that revision, which is what turns a stale
-  `resourceVersion` into 409 Conflict and makes concurrent writers safe without locks.
+  `resourceVersion` into 409 Conflict and makes concurrent writers safe without locks;
+- objects are stored with `metadata` first, so reads that only pass an object on (a GET, a
+  plain list, a watch's initial state) splice the resourceVersion into the stored bytes instead
+  of decoding and re-encoding them. Decoding 10,000 objects to re-encode them costs more than
+  everything else in a list.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,6 +27,9 @@ from hypermesh.resources.registry import ResourceType
 from hypermesh.store import CompactedError, Compare, Delete, KeyValue, Put, Store
 
 
+_META_OPEN = b'{"metadata":{'
+
+
 def decode(kv: KeyValue) -> dict[str, Any]:
     """The stored object with its resourceVersion filled in."""
     obj: dict[str, Any] = orjson.loads(kv.value)
@@ -31,23 +37,47 @@ def decode(kv: KeyValue) -> dict[str, Any]:
     return obj
 
 
+def raw(kv: KeyValue) -> bytes:
+    """The stored object's JSON with its resourceVersion spliced in, without decoding it."""
+    value = kv.value
+    if value.startswith(_META_OPEN):
+        rest = value[len(_META_OPEN):]
+        separator = b"" if rest[:1] == b"}" else b","
+        return b'{"metadata":{"resourceVersion":"%d"%s%s' % (kv.mod_revision, separator, rest)
+    return orjson.dumps(decode(kv))
+
+
 def encode(obj: dict[str, Any]) -> bytes:
-    """The object as stored: without resourceVersion (the store's revision is the truth)."""
-    meta = obj["metadata"]
-    if "resourceVersion" in meta:
-        meta = {k: v for k, v in meta.items() if k != "resourceVersion"}
-        obj = {**obj, "metadata": meta}
-    return orjson.dumps(obj)
+    """The object as stored: metadata first, without resourceVersion (the store's revision is
+    the truth)."""
+    meta = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
+    return orjson.dumps({"metadata": meta, **{k: v for k, v in obj.items() if k != "metadata"}})
 
 
-@dataclass(frozen=True, slots=True)
 class Page:
-    """One page of a list."""
+    """One page of a list: the objects as JSON bytes, decoded only if someone asks."""
 
-    items: list[dict[str, Any]]
-    revision: int
-    continue_token: str | None
-    remaining: int | None
+    __slots__ = ("raw", "revision", "continue_token", "remaining", "_items")
+
+    def __init__(
+        self,
+        raw: list[bytes],
+        revision: int,
+        continue_token: str | None,
+        remaining: int | None,
+        items: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.raw = raw
+        self.revision = revision
+        self.continue_token = continue_token
+        self.remaining = remaining
+        self._items = items
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        if self._items is None:
+            self._items = [orjson.loads(value) for value in self.raw]
+        return self._items
 
 
 def _encode_continue(revision: int, last_key: str) -> str:
@@ -81,6 +111,13 @@ class ObjectStorage:
         kv = await self.store.get(rtype.key(namespace, name))
         return decode(kv) if kv is not None else None
 
+    async def get_raw(self, rtype: ResourceType, namespace: str | None, name: str) -> bytes:
+        """The object's JSON as a GET returns it (404 when missing)."""
+        kv = await self.store.get(rtype.key(namespace, name))
+        if kv is None:
+            raise errors.not_found(rtype.plural, rtype.group, name)
+        return raw(kv)
+
     async def get_required(self, rtype: ResourceType, namespace: str | None, name: str) -> dict[str, Any]:
         obj = await self.get(rtype, namespace, name)
         if obj is None:
@@ -105,7 +142,8 @@ class ObjectStorage:
             revision, start_after = _decode_continue(continue_token, prefix)
         if not revision:
             revision = self.store.revision
-        items: list[dict[str, Any]] = []
+        values: list[bytes] = []
+        items: list[dict[str, Any]] | None = [] if predicate is not None else None
         # Filtering happens after the range, so read in chunks until the page is full.
         chunk = max(limit, 500) if limit else 0
         while True:
@@ -117,20 +155,23 @@ class ObjectStorage:
                     "result. You can start a new list without the continue parameter."
                 ) from None
             for position, kv in enumerate(result.kvs):
-                obj = decode(kv)
-                if predicate is None or predicate(obj):
+                if items is not None:
+                    obj = decode(kv)
+                    if not predicate(obj):  # type: ignore[misc]
+                        continue
                     items.append(obj)
-                    if limit and len(items) == limit:
-                        has_more = result.more or position + 1 < len(result.kvs)
-                        if not has_more:
-                            return Page(items, revision, None, None)
-                        # remainingItemCount is optional; it is exact only for an unfiltered first page.
-                        remaining = None
-                        if predicate is None and start_after is None:
-                            remaining = max(result.count - (position + 1), 0)
-                        return Page(items, revision, _encode_continue(revision, kv.key), remaining)
+                values.append(raw(kv))
+                if limit and len(values) == limit:
+                    has_more = result.more or position + 1 < len(result.kvs)
+                    if not has_more:
+                        return Page(values, revision, None, None, items)
+                    # remainingItemCount is optional; it is exact only for an unfiltered first page.
+                    remaining = None
+                    if predicate is None and start_after is None:
+                        remaining = max(result.count - (position + 1), 0)
+                    return Page(values, revision, _encode_continue(revision, kv.key), remaining, items)
             if not result.more or not result.kvs:
-                return Page(items, revision, None, None)
+                return Page(values, revision, None, None, items)
             start_after = result.kvs[-1].key
 
     async def create(self, rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:

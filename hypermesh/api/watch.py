@@ -63,6 +63,8 @@ class WatchStream:
             return fields is None or fields.matches(obj)
 
         self.matches: Callable[[dict[str, Any]], bool] = matches
+        # Whether anything beyond the namespace filters (the namespace is the key prefix).
+        self.filtered = labels is not None or fields is not None
         self.bookmarks = req.flag("allowWatchBookmarks")
         self.sent_revision = 0
 
@@ -109,10 +111,12 @@ class WatchStream:
             first: list[bytes] = []
             if since is None:
                 # Initial state, read at exactly the revision the cache had when we subscribed.
-                page = await self.api.storage.list(self.rtype, self.namespace, revision=start_revision)
-                for obj in page.items:
-                    if self.matches(obj):
-                        first.append(self._line("ADDED", obj, None))
+                page = await self.api.storage.list(self.rtype, self.namespace, revision=start_revision, predicate=None if self.table or not self.filtered else self.matches)
+                if self.table:
+                    first.extend(self._line("ADDED", obj, None) for obj in page.items if self.matches(obj))
+                else:
+                    # The stored JSON goes out as it is, without a decode and an encode.
+                    first.extend(b'{"type":"ADDED","object":%s}\n' % value for value in page.raw)
                 self.sent_revision = start_revision
                 if send_initial:
                     first.append(self._bookmark(start_revision, initial_end=True))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -62,6 +63,7 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
     )
     app = APIServer(store, compaction=policy)
     await app.start()
+    tune_gc()
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -105,6 +107,19 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
     await store.close()
     log.info("stopped")
     return code
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector run far less often.
+
+    The server allocates many short-lived, acyclic objects (decoded JSON) that reference
+    counting frees on its own; with the default threshold the collector still walks them every
+    700 allocations, which measured as 3-7x the cost of decoding a 10,000-object list. The
+    start-up objects (schemas, modules) are frozen out of its view entirely.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 def _home() -> Path:
