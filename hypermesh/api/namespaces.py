@@ -61,16 +61,16 @@ class Namespaces:
             try:
                 page = await self.storage.list(self.rtype, None, revision=revision)
                 self._known = {ns["metadata"]["name"]: bool(ns["metadata"].get("deletionTimestamp")) for ns in page.items}
-                while not watcher.closed or not watcher.queue.empty():
-                    item = await watcher.queue.get()
-                    if isinstance(item, CachedEvent):
-                        name = item.obj["metadata"]["name"]
-                        if item.type == "DELETED":
-                            self._known.pop(name, None)
-                        else:
-                            self._known[name] = bool(item.obj["metadata"].get("deletionTimestamp"))
-                    elif item == -1:
-                        break
+                while not watcher.closed or watcher.items:
+                    await watcher.wait(60.0)
+                    while watcher.items:
+                        item = watcher.items.popleft()
+                        if isinstance(item, CachedEvent):
+                            name = item.obj["metadata"]["name"]
+                            if item.type == "DELETED":
+                                self._known.pop(name, None)
+                            else:
+                                self._known[name] = bool(item.obj["metadata"].get("deletionTimestamp"))
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -26,7 +26,6 @@ from hypermesh.api import errors
 from hypermesh.resources.registry import ResourceType
 from hypermesh.store import CompactedError, Compare, Delete, KeyValue, Put, Store
 
-
 _META_OPEN = b'{"metadata":{'
 
 

@@ -27,6 +27,7 @@ from hypermesh.resources.registry import ResourceType
 from hypermesh.store import CompactedError, StoreError
 
 BOOKMARK_INTERVAL = 10.0
+_EXPIRED = -2  # queued by a store-fed watch whose revision was compacted
 DEFAULT_TIMEOUT = 1800.0
 MAX_TIMEOUT = 3600.0
 
@@ -152,62 +153,46 @@ class WatchStream:
                     watcher.offer(to_cached(event))
                 if watcher.closed:
                     return
-        except CompactedError as exc:
-            watcher.offer(-2)
-            watcher.overflowed = exc.compact_revision  # type: ignore[assignment]
+        except CompactedError:
+            watcher.offer(_EXPIRED)
+            watcher.close()
         except StoreError:
-            watcher.closed = True
-            watcher.offer(-1)
+            watcher.close()
 
     async def _stream(self, watcher: Watcher, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # A client that goes away, or a server that stops, ends the watch by closing it.
         disconnected = loop.create_task(self._wait_disconnect())
         stopping = loop.create_task(self.shutdown.wait())
+        for task in (disconnected, stopping):
+            task.add_done_callback(lambda _: watcher.close())
         try:
-            carried: list[CachedEvent | int] = []
             while True:
                 lines: list[bytes] = []
                 ended = False
-                while carried or not watcher.queue.empty():
-                    item = carried.pop() if carried else watcher.queue.get_nowait()
+                while watcher.items:
+                    item = watcher.items.popleft()
                     if isinstance(item, CachedEvent):
                         line = self._event_line(item)
                         if line is not None:
                             lines.append(line)
-                    elif item == -2:
+                    elif item == _EXPIRED:
                         lines.append(self._expired())
-                        ended = True
-                        break
-                    elif item == -1:
                         ended = True
                         break
                     elif self.bookmarks and item > self.sent_revision:
                         self.sent_revision = item
                         lines.append(self._bookmark(item))
-                if lines:
+                if lines and not disconnected.done():
                     await self._write(b"".join(lines))
-                if ended or (watcher.closed and watcher.queue.empty()):
+                if ended or watcher.closed and not watcher.items:
                     return
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return
-                getter = loop.create_task(watcher.queue.get())
-                done, _ = await asyncio.wait(
-                    {getter, disconnected, stopping},
-                    timeout=min(remaining, BOOKMARK_INTERVAL),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if getter in done:
-                    # Handle it first on the next round.
-                    carried.append(getter.result())
-                else:
-                    getter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await getter
-                if disconnected in done or stopping in done:
-                    return
-                if not done and self.bookmarks and watcher.queue.empty():
+                woke = await watcher.wait(min(remaining, BOOKMARK_INTERVAL))
+                if not woke and self.bookmarks:
                     revision = max(self.cache.revision, self.sent_revision)
                     self.sent_revision = revision
                     await self._write(self._bookmark(revision))

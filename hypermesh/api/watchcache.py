@@ -57,25 +57,60 @@ def to_cached(event: Event) -> CachedEvent:
 
 
 class Watcher:
-    """One client watch registered with the cache."""
+    """One client watch registered with the cache.
 
-    __slots__ = ("queue", "matches", "closed", "overflowed")
+    A bounded deque plus a single future to wake the reader: cheaper than an asyncio.Queue and
+    a task per wake-up, which matters when one event wakes a thousand watchers.
+    """
 
-    def __init__(self, matches: Callable[[dict[str, Any]], bool]) -> None:
-        self.queue: asyncio.Queue[CachedEvent | int] = asyncio.Queue(QUEUE_SIZE)
+    __slots__ = ("items", "matches", "closed", "overflowed", "limit", "_waiter")
+
+    def __init__(self, matches: Callable[[dict[str, Any]], bool], limit: int | None = None) -> None:
+        self.items: collections.deque[CachedEvent | int] = collections.deque()
         self.matches = matches
         self.closed = False
         self.overflowed = False
+        self.limit = limit or QUEUE_SIZE
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: CachedEvent | int) -> None:
         if self.closed:
             return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self.items) >= self.limit:
             # Too slow to keep up: end this watch; the client resumes from its last revision.
             self.overflowed = True
-            self.closed = True
+            self.close()
+            return
+        self.items.append(item)
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> bool:
+        """Until there is something to read or the watch closed (True), or `timeout` (False)."""
+        if self.items or self.closed:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        return bool(self.items) or self.closed
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class KindCache:
@@ -104,8 +139,7 @@ class KindCache:
             except (asyncio.CancelledError, Exception):
                 pass
         for watcher in list(self.watchers):
-            watcher.closed = True
-            watcher.offer(-1)
+            watcher.close()
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -135,9 +169,8 @@ class KindCache:
         self.revision = self.store.revision
         self.oldest = self.revision
         for watcher in list(self.watchers):
-            watcher.closed = True
             watcher.overflowed = True
-            watcher.offer(-1)
+            watcher.close()
 
     def _publish(self, event: CachedEvent) -> None:
         self.ring.append(event)
@@ -159,7 +192,7 @@ class KindCache:
         return watcher, backlog, self.revision
 
     def unsubscribe(self, watcher: Watcher) -> None:
-        watcher.closed = True
+        watcher.close()
         self.watchers.discard(watcher)
 
     def bookmark_all(self) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import copy
 
 from hypermesh.api.storage import ObjectStorage
-from hypermesh.api.watchcache import CachedEvent, WatchCache
+from hypermesh.api.watchcache import CachedEvent, WatchCache, Watcher
 from hypermesh.resources.registry import Registry
 from hypermesh.store import MemoryStore
 
@@ -19,9 +19,10 @@ def _workload(name: str, namespace: str = "default") -> dict:
     return {"apiVersion": "hypermesh.io/v1", "kind": "Workload", "metadata": {"name": name, "namespace": namespace, "uid": name}, "spec": {}}
 
 
-async def _next(queue: asyncio.Queue) -> CachedEvent:
+async def _next(watcher: Watcher) -> CachedEvent:
     while True:
-        item = await asyncio.wait_for(queue.get(), 2)
+        assert await watcher.wait(2), "no event within 2 s"
+        item = watcher.items.popleft()
         if isinstance(item, CachedEvent):
             return item
 
@@ -35,7 +36,7 @@ async def test_many_watchers_share_one_store_watch() -> None:
     await asyncio.sleep(0.01)
     assert store._hub.watch_count == 1  # one store watch, not 200
     created = await storage.create(WORKLOADS, _workload("a"))
-    events = [await _next(w[0].queue) for w in watchers if w is not None]
+    events = [await _next(w[0]) for w in watchers if w is not None]
     assert {e.type for e in events} == {"ADDED"}
     assert all(e.obj["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"] for e in events)
     # The event is decoded once and shared by every watcher.
@@ -84,6 +85,6 @@ async def test_slow_watcher_is_closed_not_blocking() -> None:
         slow.offer(i)  # fill the slow one's queue without reading it
     assert slow.closed and slow.overflowed
     await storage.create(WORKLOADS, _workload("b"))
-    assert (await _next(fast.queue)).obj["metadata"]["name"] == "b"
+    assert (await _next(fast)).obj["metadata"]["name"] == "b"
     await cache.stop()
     await store.close()
