@@ -184,21 +184,19 @@ class ObjectStorage:
 
     async def update(self, rtype: ResourceType, obj: dict[str, Any], expected_revision: int) -> dict[str, Any]:
         """Replace the object if it is still at `expected_revision` (409 otherwise)."""
-        meta = obj["metadata"]
-        key = rtype.key(meta.get("namespace"), meta["name"])
-        result = await self.store.txn([Compare(key, expected_revision)], [Put(key, encode(obj))])
-        if not result.succeeded:
-            if result.current and result.current[0] is None:
-                raise errors.not_found(rtype.plural, rtype.group, meta["name"])
-            raise errors.conflict(rtype.plural, rtype.group, meta["name"])
-        meta["resourceVersion"] = str(result.revision)
-        return obj
+        key = rtype.key(obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        return await self._swap(rtype, obj, expected_revision, Put(key, encode(obj)))
 
     async def delete(self, rtype: ResourceType, obj: dict[str, Any], expected_revision: int) -> dict[str, Any]:
         """Remove the object if it is still at `expected_revision`; returns its last state."""
+        key = rtype.key(obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        return await self._swap(rtype, obj, expected_revision, Delete(key))
+
+    async def _swap(self, rtype: ResourceType, obj: dict[str, Any], expected_revision: int, op: Put | Delete) -> dict[str, Any]:
+        """Run `op` if the key is still at `expected_revision`: 404 when it is gone, 409 when
+        someone else wrote it first. The object's resourceVersion becomes the new revision."""
         meta = obj["metadata"]
-        key = rtype.key(meta.get("namespace"), meta["name"])
-        result = await self.store.txn([Compare(key, expected_revision)], [Delete(key)])
+        result = await self.store.txn([Compare(op.key, expected_revision)], [op])
         if not result.succeeded:
             if result.current and result.current[0] is None:
                 raise errors.not_found(rtype.plural, rtype.group, meta["name"])
