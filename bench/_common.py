@@ -288,7 +288,11 @@ class HypermeshServer:
         self.ps: psutil.Process | None = None
 
     def __enter__(self) -> HypermeshServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -648,6 +652,7 @@ def run_load(
     for _ in workers:
         ready.get(timeout=120)
     cpu_before = process_cpu_seconds(server)
+    system_before = server.cpu_times().system
     started = time.monotonic()
     go.set()
     timeout = (plan.duration or 0) + 900
@@ -659,6 +664,7 @@ def run_load(
         raise RuntimeError("a load generator process did not report back") from None
     finished = max(r["finished"] for r in reports)
     cpu = process_cpu_seconds(server) - cpu_before
+    system = server.cpu_times().system - system_before
     for worker in workers:
         worker.join()
     latencies: array.array[float] = array.array("d")
@@ -683,6 +689,8 @@ def run_load(
         "server_cpu_ms_per_request": round(cpu / done * 1000, 4) if done else None,
         "server_requests_per_core_second": round(done / cpu) if cpu > 0 else None,
         "server_cpu_utilisation_cores": round(cpu / elapsed, 2) if elapsed > 0 else None,
+        # Kernel time: socket writes and reads (loopback TCP), in the server's own process.
+        "server_cpu_system_share": round(system / cpu, 2) if cpu > 0 else None,
         "client": {
             "processes": processes,
             "connections_per_process": connections,

@@ -196,10 +196,12 @@ class Profile:
     def __enter__(self) -> Profile:
         if self.output is not None:
             py_spy = Path(sys.executable).parent / "py-spy"
-            # --gil: only samples of a thread holding the GIL, i.e. Python CPU time, not threads
-            # waiting in epoll or on a queue. SQLite's own C work (run without the GIL) and
-            # OpenSSL's are therefore under-counted.
+            # --gil: only samples of a thread holding the GIL, i.e. the event loop's CPU time,
+            # not threads waiting in epoll or on a queue (SQLite's C work, run without the GIL,
+            # is left out). --native: C frames too, so the garbage collector (gc_collect_main),
+            # OpenSSL and the write(2) calls uvloop makes while holding the GIL show up.
             command = [str(py_spy), "record", "--pid", str(self.pid), "--rate", "200", "--gil"]
+            command += ["--native"]
             command += ["--format", "raw", "--output", str(self.output)]
             self.proc = subprocess.Popen(
                 command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -221,14 +223,29 @@ class Profile:
             self.summary = summarise_profile(self.output)
 
 
+# Where a sample's time went, by the native frames in its stack (first match wins).
+NATIVE_CATEGORIES = (
+    ("cyclic garbage collector", ("gc_collect_main",)),
+    ("write(2) syscalls (uvloop, GIL held)", ("write (libc", "writev (libc", "sendmsg (libc")),
+    ("OpenSSL", ("(libssl", "(libcrypto", "(_ssl.c")),
+    ("SQLite C code", ("(libsqlite3", "(cursor.c", "(connection.c")),
+)
+
+
 def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
-    """Top functions by own time and by inclusive time, from py-spy's collapsed stacks."""
+    """Hottest functions, from py-spy's collapsed stacks, as percentages of all samples.
+
+    `own`: the frame a sample was taken in (native frames included). `inclusive`: functions of
+    the server and of uvicorn on the stack. `native`: samples whose stack holds the garbage
+    collector, a write(2) call, OpenSSL or SQLite.
+    """
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    native: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
+        if not count_text.isdigit() or not stack:
             continue
         count = int(count_text)
         # Frames look like "function (file.py:123)"; the line number is dropped so that one
@@ -236,12 +253,15 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
         frames = [
             frame.rsplit(":", 1)[0] + ")" if ":" in frame else frame for frame in stack.split(";")
         ]
-        if not frames:
-            continue
         total += count
         own[frames[-1]] += count
         for frame in set(frames):
-            inclusive[frame] += count
+            if "(hypermesh/" in frame or "(uvicorn/" in frame:
+                inclusive[frame] += count
+        for category, markers in NATIVE_CATEGORIES:
+            if any(marker in frame for frame in frames for marker in markers):
+                native[category] += count
+                break
 
     def shares(counter: collections.Counter[str]) -> list[dict[str, Any]]:
         return [
@@ -249,7 +269,13 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
             for name, n in counter.most_common(top)
         ]
 
-    return {"samples": total, "file": str(path), "own": shares(own), "inclusive": shares(inclusive)}
+    return {
+        "samples": total,
+        "file": str(path),
+        "native": {name: round(100 * n / total, 1) for name, n in native.most_common()},
+        "own": shares(own),
+        "inclusive": shares(inclusive),
+    }
 
 
 # The measurements
