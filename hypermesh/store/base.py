@@ -124,7 +124,9 @@ class RangeResult:
     kvs: list[KeyValue]
     revision: int  # the revision the read was served at
     more: bool  # True when `limit` cut the result short
-    count: int = 0  # number of keys in the whole range (ignoring limit and start_after)
+    # Number of keys in the whole range (ignoring limit), counted only when start_after is None
+    # (a first page); continuation pages say -1, so paging through a range stays linear.
+    count: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -454,7 +454,7 @@ class MemoryStore(Store):
         kvs = [
             kv for key in self._keys_under(prefix) if (kv := self._value_at(key, at)) is not None
         ]
-        count = len(kvs)
+        count = len(kvs) if start_after is None else -1
         if start_after is not None:
             kvs = kvs[bisect.bisect_right(kvs, start_after, key=_kv_key) :]
         more = 0 < limit < len(kvs)

@@ -877,26 +877,30 @@ def _read_range(
     conn: sqlite3.Connection, prefix: str, start_after: str | None, limit: int, revision: int
 ) -> RangeResult:
     at, current = _read_revision(conn, revision)
-    after = "" if start_after is None else " AND k.key > :after"
     # One row more than asked tells whether the limit cut the result short.
     params: dict[str, Any] = {"after": start_after, "limit": limit + 1 if limit > 0 else -1}
+    # The continue point bounds the index scan itself, so page N costs no more than page 1; only
+    # the first page pays for the count (a scan of the whole prefix).
+    after_l = "" if start_after is None else " AND l.key > :after"
+    after_k = "" if start_after is None else " AND k.key > :after"
     if at == current:
         bounds, bound_params = _key_bounds("l.key", prefix)
         params.update(bound_params)
         count_sql = f"SELECT count(*) FROM latest AS l WHERE {bounds} AND l.deleted = 0"
         rows_sql = (
             f"SELECT {_KV} FROM latest AS l JOIN kv AS k ON k.id = l.id "
-            f"WHERE {bounds} AND l.deleted = 0{after} ORDER BY l.key LIMIT :limit"
+            f"WHERE {bounds}{after_l} AND l.deleted = 0 ORDER BY l.key LIMIT :limit"
         )
     else:
         bounds, bound_params = _key_bounds("k.key", prefix)
         latest_bounds, _ = _key_bounds("l.key", prefix)
         params.update(bound_params, upto=_last_id(at))
-        visible = _AT_REVISION.format(bounds=bounds, latest_bounds=latest_bounds)
         joined = "FROM visible JOIN kv AS k ON k.id = visible.id WHERE k.deleted = 0"
-        count_sql = f"{visible} SELECT count(*) {joined}"
-        rows_sql = f"{visible} SELECT {_KV} {joined}{after} ORDER BY k.key LIMIT :limit"
-    count = conn.execute(count_sql, params).fetchone()[0]
+        whole = _AT_REVISION.format(bounds=bounds, latest_bounds=latest_bounds)
+        count_sql = f"{whole} SELECT count(*) {joined}"
+        visible = _AT_REVISION.format(bounds=bounds + after_k, latest_bounds=latest_bounds + after_l)
+        rows_sql = f"{visible} SELECT {_KV} {joined} ORDER BY k.key LIMIT :limit"
+    count = conn.execute(count_sql, params).fetchone()[0] if start_after is None else -1
     rows = conn.execute(rows_sql, params).fetchall()
     more = 0 < limit < len(rows)
     if more:

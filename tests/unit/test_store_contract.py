@@ -156,7 +156,7 @@ async def test_range_pagination(store: Store) -> None:
     start_after: str | None = None
     while True:
         page = await store.range("/p/", start_after=start_after, limit=3)
-        assert page.count == 10
+        assert page.count == (10 if start_after is None else -1)
         seen.extend(kv.key for kv in page.kvs)
         if not page.more:
             break
@@ -190,7 +190,7 @@ async def test_range_at_past_revisions(store: Store) -> None:
         for kv in kvs:
             assert await store.get(kv.key, revision=revision) == kv
     page = await store.range("/h/", revision=3, start_after="/h/a", limit=1)
-    assert [kv.key for kv in page.kvs] == ["/h/b"] and not page.more and page.count == 2
+    assert [kv.key for kv in page.kvs] == ["/h/b"] and not page.more and page.count == -1
     with pytest.raises(FutureRevisionError):
         await store.range("/h/", revision=store.revision + 1)
     with pytest.raises(FutureRevisionError):
