@@ -8,9 +8,9 @@ exactly the treatment of a built-in kind.
 
 from __future__ import annotations
 
+import os
+import random
 import re
-import secrets
-import string
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -32,13 +32,18 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# UIDs and generated names must be unique, not secret: a generator seeded once from the OS
+# costs ~1 µs where uuid4() reads /dev/urandom each time (~20 µs measured on these VMs).
+_random = random.Random(os.urandom(32))
+
+
 def new_uid() -> str:
-    return str(uuid.uuid4())
+    return str(uuid.UUID(int=_random.getrandbits(128), version=4))
 
 
 def generate_name(prefix: str) -> str:
     """`generateName` + five random characters, as the Kubernetes API server does it."""
-    return prefix + "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))
+    return prefix + "".join(_random.choices(_SUFFIX_ALPHABET, k=5))
 
 
 def spec_part(obj: dict[str, Any], rtype: ResourceType) -> dict[str, Any]:
@@ -137,7 +142,3 @@ def validate_metadata(obj: dict[str, Any], rtype: ResourceType) -> list[dict[str
                     if not isinstance(ref, dict) or not isinstance(ref.get(required), str) or not ref.get(required):
                         causes.append({"type": "FieldValueRequired", "field": f"metadata.ownerReferences[{i}].{required}", "message": "Required value"})
     return causes
-
-
-def random_token(n: int = 16) -> str:
-    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(n))

@@ -271,7 +271,7 @@ class ResourceAPI:
         config = load_body(raw, "application/apply-patch+yaml", "apply configuration")
         config = self._check_body(rtype, config, namespace, name)
         force = req.flag("force")
-        strict_unknown = self._unknown_fields(rtype, config, req)
+        _, strict_unknown = self._unknown_fields(rtype, config, req)
         for _ in range(_MAX_RETRIES):
             old = await self.storage.get(rtype, namespace, name)
             if old is None:
@@ -437,26 +437,28 @@ class ResourceAPI:
         await self.admission.after_write(rtype, old, updated)
         return updated, warnings
 
-    def _unknown_fields(self, rtype: ResourceType, obj: dict[str, Any], req: Request) -> list[str]:
-        """Apply `fieldValidation` to unknown fields: Strict refuses, Warn warns, Ignore drops."""
+    def _unknown_fields(self, rtype: ResourceType, obj: dict[str, Any], req: Request) -> tuple[bool, list[str]]:
+        """Apply `fieldValidation` to unknown fields: Strict refuses, Warn warns, Ignore drops.
+
+        Returns whether there were any (they must then be pruned) and the warnings to send.
+        """
         mode = req.query.get("fieldValidation", "Warn") or "Warn"
         if mode not in ("Strict", "Warn", "Ignore"):
             raise errors.bad_request(f'fieldValidation: Unsupported value: "{mode}": supported values: "Ignore", "Strict", "Warn"')
-        if mode == "Ignore":
-            return []
         unknown = rtype.validator.unknown_fields(obj)
-        if not unknown:
-            return []
+        if not unknown or mode == "Ignore":
+            return bool(unknown), []
         if mode == "Strict":
             listing = ", ".join(f'unknown field "{path}"' for path in unknown)
             raise errors.bad_request(f"strict decoding error: {listing}")
-        return [f'unknown field "{path}"' for path in unknown]
+        return True, [f'unknown field "{path}"' for path in unknown]
 
     def _validate(self, rtype: ResourceType, obj: dict[str, Any], req: Request, *, old: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
         """Defaults, unknown fields and schema validation; 422 with every cause at once."""
         compiled = rtype.validator
-        warnings = self._unknown_fields(rtype, obj, req)
-        obj = compiled.prune(obj)
+        has_unknown, warnings = self._unknown_fields(rtype, obj, req)
+        if has_unknown:
+            obj = compiled.prune(obj)
         obj = compiled.apply_defaults(obj)
         self.admission.default(rtype, obj)
         causes = objects.validate_metadata(obj, rtype)
