@@ -203,3 +203,13 @@ def test_workload_selector_defaults_and_rules(custom: client.CustomObjectsApi, n
     with pytest.raises(ApiException) as exc:
         custom.patch_namespaced_custom_object(G, V, namespace, "workloads", "sel", {"spec": {"selector": {"matchLabels": {"app": "sel", "x": "y"}}, "template": {"metadata": {"labels": {"x": "y"}}}}})
     assert exc.value.status == 422 and "immutable" in exc.value.body
+
+
+def test_delete_collection_with_selector(custom: client.CustomObjectsApi, namespace: str) -> None:
+    for name, tier in (("a", "x"), ("b", "x"), ("c", "y")):
+        body = workload(name)
+        body["metadata"]["labels"] = {"tier": tier}
+        custom.create_namespaced_custom_object(G, V, namespace, "workloads", body)
+    custom.delete_collection_namespaced_custom_object(G, V, namespace, "workloads", label_selector="tier=x")
+    left = custom.list_namespaced_custom_object(G, V, namespace, "workloads")["items"]
+    assert [o["metadata"]["name"] for o in left] == ["c"]
