@@ -17,7 +17,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from hypermesh.store import sqlite as sqlite_store
+from hypermesh.store import sqlite_file as sqlite_store
 from hypermesh.store.base import (
     CompactedError,
     Compare,

@@ -509,7 +509,7 @@ class MemoryStore(Store):
 
     async def snapshot(self, path: str) -> int:
         # Imported here: the SQLite module imports this one for the watch hub.
-        from hypermesh.store import sqlite as sqlite_store
+        from hypermesh.store import sqlite_file as sqlite_store
 
         await self._enter()
         versions = [

@@ -1,19 +1,6 @@
 """The embedded, durable state engine: an MVCC key-value store in one SQLite file.
 
-Layout. `kv` holds every retained version of every key (deletes as tombstone rows), one row
-per version. Its row id is `revision << 20 | position of the key in its transaction`, so rows
-are appended in revision order, a revision span is an id range (watch replay, compaction), and
-the only B-tree that a write touches at scattered places is `latest`. Measured on these
-machines, a second scattered tree (an index on `(key, revision)`) halves group-commit
-throughput, because every commit then rewrites twice as many pages. Each row links to the
-version it replaced (`prev_id`), which gives `Event.prev` and reads at a past revision.
-
-`latest` points each key at its newest row (a delete included, flagged, until compaction), so
-listing the current keys under a prefix is an index walk plus a join on the row id. A read at
-a past revision R starts from `latest` and, for the keys changed after R, takes the version the
-first later change replaced: its cost grows with the writes since R, which suits the rare
-exact-revision reads of a Kubernetes API server. `meta` holds the format marker, the current
-revision and the compact revision.
+The file format lives in `sqlite_file`, the read queries in `sqlite_reads`.
 
 Writes. The file is in WAL mode with `synchronous=FULL`: a commit returns only after the WAL is
 fsynced, so an acknowledged write survives kill -9 and power loss. One fsync per transaction
@@ -24,8 +11,10 @@ the batch left, and takes its own revision; every caller learns its result only 
 COMMIT of its batch returned. The thread uses plain `sqlite3`, not an asyncio wrapper that pays
 a thread hop per statement (measured seven times slower).
 
-Reads run on a small pool of reader threads, each with its own connection and inside one read
-transaction, so they see one consistent committed state and never a batch being written.
+Reads of the latest version of one key run on the event loop's own connection (a single
+statement, ~10 µs, cheaper than a thread hop); everything else runs on a small pool of reader
+threads, each with its own connection and inside one read transaction, so it sees one
+consistent committed state and never a batch being written.
 
 Watches. After a batch commits, the writer hands its events to the event loop, which advances
 the loop's view of the revision and fans the events out through `memory.WatchHub`. A watch from
@@ -38,13 +27,11 @@ Only one store may have a file open: `open` takes an exclusive lock on `<db>.loc
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +39,6 @@ from typing import Any, TypeVar
 
 from hypermesh.store import memory
 from hypermesh.store.base import (
-    CompactedError,
     Compare,
     Event,
     FutureRevisionError,
@@ -62,48 +48,25 @@ from hypermesh.store.base import (
     Store,
     StoreClosedError,
     StoreError,
-    StoreFormatError,
     TxnResult,
 )
-
-FORMAT_MARKER = "hypermesh-store"
-SCHEMA_VERSION = 1
+from hypermesh.store.sqlite_file import (
+    _INSERT_KV,
+    _LOAD_HEADS,
+    _SET_META,
+    _UPSERT_LATEST,
+    FileInfo,
+    _first_id,
+    _last_id,
+    _open_file,
+    connect,
+    copy_database,
+)
+from hypermesh.store.sqlite_reads import _read_get, _read_history, _read_latest, _read_range
 
 DEFAULT_MAX_BATCH = 512
 DEFAULT_READERS = 2
 
-# Row ids: the revision, then the key's position within its transaction.
-_POSITION_BITS = 20
-assert memory.MAX_TXN_OPS < 1 << _POSITION_BITS
-
-_SCHEMA = """
-CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE kv (
-    id INTEGER PRIMARY KEY,
-    key TEXT NOT NULL,
-    revision INTEGER NOT NULL,
-    create_revision INTEGER NOT NULL,
-    version INTEGER NOT NULL,
-    value BLOB NOT NULL,
-    deleted INTEGER NOT NULL,
-    prev_id INTEGER
-);
-CREATE TABLE latest (key TEXT PRIMARY KEY, id INTEGER NOT NULL, deleted INTEGER NOT NULL)
-    WITHOUT ROWID;
-"""
-
-# The columns of a KeyValue, in constructor order, read from `kv` as `k`.
-_KV = "k.key, k.value, k.create_revision, k.revision, k.version"
-
-_LOAD_HEADS = (
-    f"SELECT l.id, {_KV} FROM latest AS l JOIN kv AS k ON k.id = l.id WHERE l.key IN ({{marks}})"
-)
-_INSERT_KV = "INSERT INTO kv VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_UPSERT_LATEST = (
-    "INSERT INTO latest VALUES (?, ?, ?) "
-    "ON CONFLICT (key) DO UPDATE SET id = excluded.id, deleted = excluded.deleted"
-)
-_SET_META = "UPDATE meta SET value = ? WHERE name = ?"
 
 # Compaction looks only at the rows written since the previous one (ids in (:done, :upto]):
 # older rows were settled then. The order matters: `latest` forgets a key by its tombstone row.
@@ -121,250 +84,12 @@ _COMPACT = (
     "DELETE FROM kv WHERE id > :done AND id <= :upto AND deleted = 1",
 )
 
-# The state at a past revision: keys untouched since then as `latest` has them, and for the
-# others the version their first later change replaced. (SQLite takes the bare `prev_id` from
-# the row that holds the min(id).)
-_AT_REVISION = """
-WITH changed AS (
-    SELECT key, min(id), prev_id FROM kv AS k WHERE k.id > :upto AND {bounds} GROUP BY key
-), visible AS (
-    SELECT l.id FROM latest AS l
-    WHERE {latest_bounds} AND l.deleted = 0 AND l.key NOT IN (SELECT key FROM changed)
-    UNION ALL
-    SELECT prev_id FROM changed WHERE prev_id IS NOT NULL
-)
-"""
-
-# Every change in an id span, with the version it replaced (for `Event.prev`).
-_HISTORY = f"""
-SELECT k.deleted, {_KV}, p.deleted, {_KV.replace("k.", "p.")}
-FROM kv AS k LEFT JOIN kv AS p ON p.id = k.prev_id
-WHERE k.id >= :first AND k.id <= :last AND {{bounds}}
-ORDER BY k.id
-"""
 
 # SQLite allows 32766 parameters per statement; stay well below.
 _IN_CHUNK = 500
 
+
 T = TypeVar("T")
-
-
-def _first_id(revision: int) -> int:
-    return revision << _POSITION_BITS
-
-
-def _last_id(revision: int) -> int:
-    return ((revision + 1) << _POSITION_BITS) - 1
-
-
-# The file.
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection with the store's settings (autocommit: transactions are explicit)."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA busy_timeout = 10000")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            raise StoreError(f"{path}: cannot switch the database to WAL mode (got {mode!r})")
-        conn.execute("PRAGMA synchronous = FULL")
-        # Checkpoint less often than every 1000 pages: a hot page is then copied back once
-        # for many commits.
-        conn.execute("PRAGMA wal_autocheckpoint = 10000")
-        # ...but give the disk back once a checkpoint has emptied a WAL that grew past 64 MiB.
-        conn.execute("PRAGMA journal_size_limit = 67108864")
-        conn.execute("PRAGMA cache_size = -65536")
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise StoreFormatError(f"{path} is not an SQLite database: {exc}") from exc
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-@dataclass(frozen=True, slots=True)
-class FileInfo:
-    """What the meta table of a store file says."""
-
-    revision: int
-    compact_revision: int
-
-
-def read_info(conn: sqlite3.Connection, path: Path | str) -> FileInfo:
-    """Check that `conn` holds a HyperMesh store of a known schema and return its meta.
-
-    Raises StoreFormatError naming the file and what is wrong with it.
-    """
-    try:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        if "meta" not in tables:
-            raise StoreFormatError(
-                f"{path} is not a HyperMesh store: it has no meta table "
-                f"(tables: {', '.join(sorted(tables)) or 'none'})"
-            )
-        meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-    except sqlite3.DatabaseError as exc:
-        raise StoreFormatError(f"{path} is not an SQLite database: {exc}") from exc
-    if meta.get("format") != FORMAT_MARKER:
-        raise StoreFormatError(
-            f"{path} is not a HyperMesh store: its meta format is {meta.get('format')!r}, "
-            f"expected {FORMAT_MARKER!r}"
-        )
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise StoreFormatError(
-            f"{path} has store schema version {meta.get('schema_version')!r}; "
-            f"this HyperMesh reads version {SCHEMA_VERSION}"
-        )
-    return FileInfo(int(meta["revision"]), int(meta["compact_revision"]))
-
-
-def _create_schema(conn: sqlite3.Connection, revision: int, compact_revision: int) -> None:
-    # Statement by statement: `executescript` would commit the caller's transaction first.
-    for statement in _SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    conn.executemany(
-        "INSERT INTO meta VALUES (?, ?)",
-        [
-            ("format", FORMAT_MARKER),
-            ("schema_version", SCHEMA_VERSION),
-            ("revision", revision),
-            ("compact_revision", compact_revision),
-        ],
-    )
-
-
-def _open_file(path: Path) -> tuple[sqlite3.Connection, FileInfo, int]:
-    """Lock, open and (when empty) initialise the store file; the writer's side of `open`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock_fd = acquire_lock(path)
-    try:
-        conn = connect(path)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-                _create_schema(conn, 0, 0)
-            info = read_info(conn, path)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-            raise
-    except BaseException:
-        os.close(lock_fd)
-        raise
-    return conn, info, lock_fd
-
-
-def lock_file(path: Path) -> Path:
-    """The lock file that marks the store at `path` as open."""
-    return path.with_name(path.name + ".lock")
-
-
-def acquire_lock(path: Path) -> int:
-    """Take the exclusive lock of the store at `path`; returns the lock's file descriptor.
-
-    Raises StoreError when another store (in any process) holds it. The kernel drops the lock
-    when its holder dies, so a killed server never leaves a stale one.
-    """
-    fd = os.open(lock_file(path), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StoreError(f"{path} is open in another store (lock {lock_file(path)})") from None
-    return fd
-
-
-def write_image(
-    path: Path,
-    versions: Iterable[tuple[str, int, KeyValue | None]],
-    revision: int,
-    compact_revision: int,
-) -> None:
-    """Write a store file holding exactly `versions` ((key, revision, kv, or None for a delete)).
-
-    This is how a store that is not SQLite takes a snapshot in the common format.
-    """
-    rows: list[tuple[Any, ...]] = []
-    heads: dict[str, tuple[int, int]] = {}
-    position = 0
-    last_revision = -1
-    for key, rev, kv in sorted(versions, key=lambda version: (version[1], version[0])):
-        position = position + 1 if rev == last_revision else 0
-        last_revision = rev
-        version_id = _first_id(rev) | position
-        prev_id = heads[key][0] if key in heads else None
-        if kv is None:
-            rows.append((version_id, key, rev, 0, 0, b"", 1, prev_id))
-        else:
-            rows.append(
-                (version_id, key, rev, kv.create_revision, kv.version, kv.value, 0, prev_id)
-            )
-        heads[key] = (version_id, 1 if kv is None else 0)
-
-    def fill(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN")
-        _create_schema(conn, revision, compact_revision)
-        conn.executemany(_INSERT_KV, rows)
-        conn.executemany(_UPSERT_LATEST, [(key, *head) for key, head in heads.items()])
-        conn.execute("COMMIT")
-
-    _write_atomically(path, fill)
-
-
-def copy_database(source: sqlite3.Connection, source_name: Path | str, target: Path) -> int:
-    """Copy the store behind `source` to `target` with SQLite's online backup; returns the
-    revision of the copy. Writers may go on meanwhile: the copy is one consistent read."""
-    infos: list[FileInfo] = []
-
-    def fill(conn: sqlite3.Connection) -> None:
-        # pages=-1 copies everything in one step, inside one read transaction of the source.
-        source.backup(conn, pages=-1)
-        infos.append(read_info(conn, source_name))
-
-    _write_atomically(target, fill)
-    return infos[0].revision
-
-
-def _write_atomically(target: Path, fill: Callable[[sqlite3.Connection], None]) -> None:
-    """Build a single-file database next to `target`, fsync it, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    _remove_database_files(partial)
-    conn = sqlite3.connect(partial, isolation_level=None)
-    try:
-        fill(conn)
-        # A copy is one self-contained file: no WAL beside it to lose on the way.
-        conn.execute("PRAGMA journal_mode = DELETE")
-    except BaseException:
-        conn.close()
-        _remove_database_files(partial)
-        raise
-    conn.close()
-    _fsync_path(partial)
-    # A stale WAL left beside the old file would be replayed onto the new one.
-    _remove_database_files(target, main=False)
-    os.replace(partial, target)
-    _fsync_path(target.parent)
-
-
-def _remove_database_files(path: Path, *, main: bool = True) -> None:
-    suffixes = ("-wal", "-shm", "-journal") + (("",) if main else ())
-    for suffix in suffixes:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(f"{path}{suffix}")
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # The writer's queue.
@@ -805,124 +530,3 @@ def _fail(futures: list[asyncio.Future[Any]], error: BaseException) -> None:
 def _check_revision(revision: int) -> None:
     if revision < 0:
         raise ValueError(f"revision must be >= 0, got {revision}")
-
-
-# Read queries; each runs inside one read transaction on a reader connection.
-
-
-def _key_bounds(column: str, prefix: str) -> tuple[str, dict[str, str]]:
-    """An SQL condition selecting the keys under `prefix`, with its named parameters."""
-    end = memory.prefix_end(prefix)
-    clauses: list[str] = []
-    params: dict[str, str] = {}
-    if prefix:
-        clauses.append(f"{column} >= :prefix")
-        params["prefix"] = prefix
-    if end is not None:
-        clauses.append(f"{column} < :prefix_end")
-        params["prefix_end"] = end
-    return " AND ".join(clauses) or "1", params
-
-
-def _read_meta(conn: sqlite3.Connection) -> tuple[int, int]:
-    """The current and the compact revision, as of this read transaction."""
-    current, compacted = conn.execute(
-        "SELECT (SELECT value FROM meta WHERE name = 'revision'), "
-        "(SELECT value FROM meta WHERE name = 'compact_revision')"
-    ).fetchone()
-    return current, compacted
-
-
-def _read_revision(conn: sqlite3.Connection, revision: int) -> tuple[int, int]:
-    """The revision to read at and the current one, checked against the retained span."""
-    current, compacted = _read_meta(conn)
-    if revision == 0:
-        return current, current
-    if revision > current:
-        raise FutureRevisionError(f"revision {revision} is ahead of the current revision {current}")
-    if revision < compacted:
-        raise CompactedError(revision, compacted)
-    return revision, current
-
-
-def _read_latest(conn: sqlite3.Connection, key: str) -> KeyValue | None:
-    row = conn.execute(
-        f"SELECT {_KV}, l.deleted FROM latest AS l JOIN kv AS k ON k.id = l.id WHERE l.key = ?",
-        (key,),
-    ).fetchone()
-    return None if row is None or row[5] else KeyValue(*row[:5])
-
-
-def _read_get(conn: sqlite3.Connection, key: str, revision: int) -> KeyValue | None:
-    at, _ = _read_revision(conn, revision)
-    row = conn.execute(
-        f"SELECT {_KV}, k.deleted, k.prev_id FROM latest AS l JOIN kv AS k ON k.id = l.id "
-        "WHERE l.key = ?",
-        (key,),
-    ).fetchone()
-    # Walk back from the newest version to the one in force at `at`. A missing row was a
-    # delete removed by compaction: the key was absent then.
-    while row is not None:
-        if row[3] <= at:
-            return None if row[5] else KeyValue(*row[:5])
-        if row[6] is None:
-            return None
-        row = conn.execute(
-            f"SELECT {_KV}, k.deleted, k.prev_id FROM kv AS k WHERE k.id = ?", (row[6],)
-        ).fetchone()
-    return None
-
-
-def _read_range(
-    conn: sqlite3.Connection, prefix: str, start_after: str | None, limit: int, revision: int
-) -> RangeResult:
-    at, current = _read_revision(conn, revision)
-    # One row more than asked tells whether the limit cut the result short.
-    params: dict[str, Any] = {"after": start_after, "limit": limit + 1 if limit > 0 else -1}
-    # The continue point bounds the index scan itself, so page N costs no more than page 1; only
-    # the first page pays for the count (a scan of the whole prefix).
-    after_l = "" if start_after is None else " AND l.key > :after"
-    after_k = "" if start_after is None else " AND k.key > :after"
-    if at == current:
-        bounds, bound_params = _key_bounds("l.key", prefix)
-        params.update(bound_params)
-        count_sql = f"SELECT count(*) FROM latest AS l WHERE {bounds} AND l.deleted = 0"
-        rows_sql = (
-            f"SELECT {_KV} FROM latest AS l JOIN kv AS k ON k.id = l.id "
-            f"WHERE {bounds}{after_l} AND l.deleted = 0 ORDER BY l.key LIMIT :limit"
-        )
-    else:
-        bounds, bound_params = _key_bounds("k.key", prefix)
-        latest_bounds, _ = _key_bounds("l.key", prefix)
-        params.update(bound_params, upto=_last_id(at))
-        joined = "FROM visible JOIN kv AS k ON k.id = visible.id WHERE k.deleted = 0"
-        whole = _AT_REVISION.format(bounds=bounds, latest_bounds=latest_bounds)
-        count_sql = f"{whole} SELECT count(*) {joined}"
-        visible = _AT_REVISION.format(bounds=bounds + after_k, latest_bounds=latest_bounds + after_l)
-        rows_sql = f"{visible} SELECT {_KV} {joined} ORDER BY k.key LIMIT :limit"
-    count = conn.execute(count_sql, params).fetchone()[0] if start_after is None else -1
-    rows = conn.execute(rows_sql, params).fetchall()
-    more = 0 < limit < len(rows)
-    if more:
-        rows = rows[:limit]
-    return RangeResult(kvs=[KeyValue(*row) for row in rows], revision=at, more=more, count=count)
-
-
-def _read_history(conn: sqlite3.Connection, prefix: str, first: int, last: int) -> list[Event]:
-    _, compacted = _read_meta(conn)
-    if first <= compacted:
-        raise CompactedError(first, compacted)
-    bounds, params = _key_bounds("k.key", prefix)
-    rows = conn.execute(
-        _HISTORY.format(bounds=bounds),
-        {**params, "first": _first_id(first), "last": _last_id(last)},
-    ).fetchall()
-    events: list[Event] = []
-    for row in rows:
-        # A replaced version that was a delete (or is gone) means the key was absent.
-        prev = KeyValue(*row[7:12]) if row[6] == 0 else None
-        if row[0]:
-            events.append(Event("DELETE", memory.tombstone(row[1], row[4]), prev))
-        else:
-            events.append(Event("PUT", KeyValue(*row[1:6]), prev))
-    return events
