@@ -17,7 +17,7 @@ threads, each with its own connection and inside one read transaction, so it see
 consistent committed state and never a batch being written.
 
 Watches. After a batch commits, the writer hands its events to the event loop, which advances
-the loop's view of the revision and fans the events out through `memory.WatchHub`. A watch from
+the loop's view of the revision and fans the events out through `watching.WatchHub`. A watch from
 a past revision replays `kv` rows up to the revision the loop had when the watch registered;
 the live events after that meet the replay exactly.
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hypermesh.store import memory
+from hypermesh.store import txn, watching
 from hypermesh.store.base import (
     Compare,
     Event,
@@ -150,7 +150,7 @@ class SqliteStore(Store):
         # The loop's view: advanced only when a committed batch is delivered to the loop.
         self._revision = info.revision
         self._compact_revision = info.compact_revision
-        self._hub = memory.WatchHub(queue_size=watch_queue_size)
+        self._hub = watching.WatchHub(queue_size=watch_queue_size)
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
         self._writer_error: BaseException | None = None
@@ -175,7 +175,7 @@ class SqliteStore(Store):
         cls,
         path: str | Path,
         *,
-        watch_queue_size: int = memory.DEFAULT_WATCH_QUEUE_SIZE,
+        watch_queue_size: int = watching.DEFAULT_WATCH_QUEUE_SIZE,
         max_batch: int = DEFAULT_MAX_BATCH,
         readers: int = DEFAULT_READERS,
     ) -> SqliteStore:
@@ -235,7 +235,7 @@ class SqliteStore(Store):
             lambda conn: _read_range(conn, prefix, start_after, limit, revision)
         )
 
-    def watch(self, prefix: str, *, start_revision: int = 0) -> memory.Watch:
+    def watch(self, prefix: str, *, start_revision: int = 0) -> watching.Watch:
         return self._hub.open(
             prefix,
             start_revision=start_revision,
@@ -297,7 +297,7 @@ class SqliteStore(Store):
         success: Sequence[Op],
         failure: Sequence[Op] = (),
     ) -> TxnResult:
-        memory.check_txn(compares, success, failure)
+        txn.check_txn(compares, success, failure)
         self._check_writable()
         future: asyncio.Future[TxnResult] = self._loop.create_future()
         self._queue.put(_TxnRequest(tuple(compares), tuple(success), tuple(failure), future))
@@ -410,7 +410,7 @@ class SqliteStore(Store):
         changed: dict[str, tuple[int, int]] = {}
         batch = _Batch(rows=[], results=[], events=[], revision=self._writer_revision)
         for request in requests:
-            result, events = memory.evaluate_txn(
+            result, events = txn.evaluate_txn(
                 state.get, request.compares, request.success, request.failure, batch.revision
             )
             for position, event in enumerate(events):

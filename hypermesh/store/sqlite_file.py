@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hypermesh.store import memory
+from hypermesh.store import txn
 from hypermesh.store.base import (
     KeyValue,
     StoreError,
@@ -40,7 +40,7 @@ SCHEMA_VERSION = 1
 
 # Row ids: the revision, then the key's position within its transaction.
 _POSITION_BITS = 20
-assert memory.MAX_TXN_OPS < 1 << _POSITION_BITS
+assert txn.MAX_TXN_OPS < 1 << _POSITION_BITS
 
 
 _SCHEMA = """

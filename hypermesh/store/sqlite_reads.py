@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from hypermesh.store import memory
+from hypermesh.store import txn
 from hypermesh.store.base import (
     CompactedError,
     Event,
@@ -50,7 +50,7 @@ ORDER BY k.id
 
 def _key_bounds(column: str, prefix: str) -> tuple[str, dict[str, str]]:
     """An SQL condition selecting the keys under `prefix`, with its named parameters."""
-    end = memory.prefix_end(prefix)
+    end = txn.prefix_end(prefix)
     clauses: list[str] = []
     params: dict[str, str] = {}
     if prefix:
@@ -160,7 +160,7 @@ def _read_history(conn: sqlite3.Connection, prefix: str, first: int, last: int) 
         # A replaced version that was a delete (or is gone) means the key was absent.
         prev = KeyValue(*row[7:12]) if row[6] == 0 else None
         if row[0]:
-            events.append(Event("DELETE", memory.tombstone(row[1], row[4]), prev))
+            events.append(Event("DELETE", txn.tombstone(row[1], row[4]), prev))
         else:
             events.append(Event("PUT", KeyValue(*row[1:6]), prev))
     return events
