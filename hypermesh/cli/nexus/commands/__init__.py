@@ -1,0 +1,1 @@
+"""One module per nexus command, each with `run(args, session) -> int`, imported only when run."""
