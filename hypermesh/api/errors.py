@@ -99,10 +99,18 @@ def invalid(
         f"{c['field']}: {c['message']}" if c.get("field") else c["message"] for c in causes
     ]
     listing = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
-    details = {"name": name, "group": group, "kind": kind, "causes": causes}
+    details = {"name": name, "group": group, "kind": kind, "causes": [status_cause(c) for c in causes]}
     return ApiError(
         422, "Invalid", f'{kind}.{group or "core"} "{name}" is invalid: {listing}', details=details
     )
+
+
+def status_cause(cause: dict[str, str]) -> dict[str, str]:
+    """A cause as Kubernetes' StatusCause spells it: `reason`, `message`, `field`."""
+    out = {"reason": cause.get("reason") or cause.get("type", ""), "message": cause.get("message", "")}
+    if cause.get("field"):
+        out["field"] = cause["field"]
+    return out
 
 
 def bad_request(message: str) -> ApiError:

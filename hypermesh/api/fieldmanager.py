@@ -251,9 +251,14 @@ def _cap_update_entries(entries: _Entries) -> None:
 
 
 def _encode_entries(entries: _Entries) -> list[dict[str, JSON]]:
-    """Drop empty entries and order the rest as Kubernetes does: operation, time, manager."""
+    """Drop empty Update entries and order the rest as Kubernetes does: operation, time, manager.
+
+    An Apply entry stays even when empty: it records that the object is managed by apply, so a
+    later apply does not credit server-set fields to "before-first-apply" (which would turn an
+    identical re-apply of, say, a bare Namespace into a change).
+    """
     _cap_update_entries(entries)
-    kept = [entry for entry in entries.values() if entry.fields]
+    kept = [entry for entry in entries.values() if entry.fields or entry.operation == "Apply"]
     kept.sort(
         key=lambda e: (e.operation, e.time or "", e.manager, e.api_version, e.subresource)
     )

@@ -298,7 +298,7 @@ class ResourceAPI:
             except fieldmanager.FieldManagerError as exc:
                 raise errors.ApiError(422, "Invalid", f"the apply configuration cannot be merged: {exc}") from None
             except fieldmanager.ApplyConflict as exc:
-                causes = [{"type": "FieldManagerConflict", "message": f'conflict with "{c.manager}"', "field": c.field} for c in exc.conflicts]
+                causes = [{"reason": "FieldManagerConflict", "message": f'conflict with "{c.manager}"', "field": c.field} for c in exc.conflicts]
                 raise errors.ApiError(409, "Conflict", str(exc), details={"name": name, "group": rtype.group, "kind": rtype.plural, "causes": causes}) from None
             try:
                 result, warnings = await self._commit(rtype, old, new, req, manager=manager, subresource=subresource, managed=False)

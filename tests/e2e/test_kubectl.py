@@ -245,3 +245,11 @@ def test_core_kinds(server: Server, namespace: str, kind: str) -> None:
         lease = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: l1}\nspec: {holderIdentity: me, leaseDurationSeconds: 15, renewTime: '2026-11-27T03:00:00.123456Z'}\n"
         server.kubectl("apply", "-n", namespace, "-f", "-", input=lease)
         assert server.kubectl_json("get", "lease", "l1", "-n", namespace)["spec"]["holderIdentity"] == "me"
+
+
+def test_server_side_reapply_of_a_bare_object_writes_nothing(server: Server) -> None:
+    ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ssa-bare}\n"
+    server.kubectl("apply", "--server-side", "-f", "-", input=ns)
+    first = server.kubectl_json("get", "namespace", "ssa-bare")["metadata"]["resourceVersion"]
+    server.kubectl("apply", "--server-side", "-f", "-", input=ns)
+    assert server.kubectl_json("get", "namespace", "ssa-bare")["metadata"]["resourceVersion"] == first

@@ -220,7 +220,8 @@ def test_applying_the_same_value_shares_ownership_without_conflict() -> None:
     obj = apply(obj, workload({}), "kubectl")
     assert obj["spec"]["replicas"] == 3
     assert owned(obj, "kubectl") == set()
-    assert all(e["manager"] != "kubectl" for e in obj["metadata"]["managedFields"])
+    # Its Apply entry stays, empty: the object is still one it applies.
+    assert [e["fieldsV1"] for e in obj["metadata"]["managedFields"] if e["manager"] == "kubectl"] == [{}]
     # When the last owner drops it, it goes.
     obj = apply(obj, workload({}), "helm")
     assert "spec" not in obj
