@@ -7,9 +7,10 @@ into ages ("5m", "3h") here, on the server, in the same steps Kubernetes uses.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
+from hypermesh import ages
+from hypermesh.ages import human_duration  # noqa: F401  (re-exported for callers)
 from hypermesh.api.jsonpath import JSONPathError, find
 from hypermesh.resources.registry import ResourceType
 
@@ -40,50 +41,7 @@ def column_definitions(rtype: ResourceType) -> list[dict[str, Any]]:
     return columns
 
 
-def human_age(timestamp: Any, now: datetime | None = None) -> str:
-    """Time since an RFC 3339 timestamp, rounded the way kubectl shows ages."""
-    if not isinstance(timestamp, str) or not timestamp:
-        return "<unknown>"
-    try:
-        then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    except ValueError:
-        return "<invalid>"
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=UTC)
-    return human_duration(((now or datetime.now(UTC)) - then).total_seconds())
-
-
-def human_duration(seconds_f: float) -> str:
-    """`95s`, `7m30s`, `4h5m`, `3d2h`, `2y10d`: precise when short, coarse when long."""
-    seconds = int(seconds_f)
-    if seconds < -1:
-        return "<invalid>"
-    if seconds < 0:
-        return "0s"
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 10:
-        rest = seconds % 60
-        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 8:
-        rest = minutes % 60
-        return f"{hours}h{rest}m" if rest else f"{hours}h"
-    if hours < 48:
-        return f"{hours}h"
-    days = hours // 24
-    if hours < 24 * 8:
-        rest = hours % 24
-        return f"{days}d{rest}h" if rest else f"{days}d"
-    if days < 365 * 2:
-        return f"{days}d"
-    years, rest_days = days // 365, days % 365
-    if days < 365 * 8 and rest_days:
-        return f"{years}y{rest_days}d"
-    return f"{years}y"
+human_age = ages.age
 
 
 def _cell(obj: dict[str, Any], json_path: str, col_type: str) -> Any:

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from hypermesh.cli.nexus import ages, formats, tables, yamlio
+from hypermesh import ages
+from hypermesh.cli.nexus import formats, tables, yamlio
 
 GOLDEN = Path(__file__).parent / "golden" / "nexus"
 

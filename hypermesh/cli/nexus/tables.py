@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypermesh.cli.nexus import ages
+from hypermesh import ages
 
 PADDING = 3
 MIN_WIDTH = 6

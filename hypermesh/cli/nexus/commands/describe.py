@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from hypermesh.cli.nexus import ages, manifests, tables
+from hypermesh import ages
+from hypermesh.cli.nexus import manifests, tables
 from hypermesh.cli.nexus.commands.get import split_kind_and_names
 from hypermesh.cli.nexus.session import Session
 

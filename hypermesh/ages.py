@@ -1,9 +1,8 @@
-"""Human ages ("5m", "3h", "2d") for timestamps the client shows itself.
+"""Human ages ("5m", "3h", "2d"), rounded the way kubectl shows them.
 
-The server already turns a Table's date cells into ages, but `describe`, `watch` and condition
-lists print timestamps the server sends raw. `hypermesh.api.tables` has the same rounding, yet
-importing it pulls in the resource models and pydantic (about 0.2 s), which a command line that
-must start in under 0.2 s cannot afford; so the few lines are repeated here.
+Shared by the API server (Table date cells) and the nexus CLI (`describe`, `watch`, condition
+lists). It imports nothing of HyperMesh, so the CLI can use it without paying for the resource
+models and pydantic (~0.2 s of start-up).
 """
 
 from __future__ import annotations
