@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import VENV_BIN, Server
+from tests.e2e.conftest import KUBECTL, VENV_BIN, Server
 
 pytestmark = pytest.mark.e2e
 
@@ -303,3 +304,31 @@ def test_nexus_and_kubectl_see_the_same(nexus: Nexus, server: Server, namespace:
     theirs = server.kubectl_json("get", "wl", "-n", namespace)["items"]
     assert [(o["metadata"]["name"], o["metadata"]["resourceVersion"]) for o in mine] == [(o["metadata"]["name"], o["metadata"]["resourceVersion"]) for o in theirs]
     assert nexus("get", "wl", "-n", namespace).stdout.split() == server.kubectl("get", "wl", "-n", namespace).stdout.split()
+
+
+def _editor(tmp_path: Path, body: str) -> str:
+    """An $EDITOR that runs `body` (Python) on the file it is given."""
+    script = tmp_path / "editor.py"
+    script.write_text("import sys, pathlib, subprocess\npath = pathlib.Path(sys.argv[1])\ntext = path.read_text()\n" + body)
+    return f"{sys.executable} {script}"
+
+
+def test_edit_saves_cancels_and_refuses_a_stale_change(nexus: Nexus, server: Server, namespace: str, tmp_path: Path) -> None:
+    nexus("apply", "-n", namespace, "-f", "-", input=WORKLOAD)
+    unchanged = subprocess.run(nexus.argv("edit", "-n", namespace, "wl", "web"), capture_output=True, text=True, env={**nexus.env, "EDITOR": _editor(tmp_path, "")})
+    assert unchanged.returncode == 0 and "Edit cancelled, no changes made." in unchanged.stdout
+    change = "path.write_text(text.replace('replicas: 3', 'replicas: 4'))\n"
+    saved = subprocess.run(nexus.argv("edit", "-n", namespace, "wl", "web"), capture_output=True, text=True, env={**nexus.env, "EDITOR": _editor(tmp_path, change)})
+    assert saved.returncode == 0, saved.stderr
+    assert "workload.hypermesh.io/web edited" in saved.stdout
+    assert server.kubectl_json("get", "-n", namespace, "wl", "web")["spec"]["replicas"] == 4
+    # Someone else changes the object while the editor is open: the edit is refused, not lost.
+    meanwhile = (
+        f"subprocess.run([{KUBECTL!r}, '--kubeconfig', {str(server.kubeconfig)!r}, 'patch', '-n', {namespace!r}, 'wl', 'web', '--type=merge', '-p', '{{\"spec\":{{\"paused\":true}}}}'], check=True, capture_output=True)\n"
+        "path.write_text(text.replace('replicas: 4', 'replicas: 9'))\n"
+    )
+    stale = subprocess.run(nexus.argv("edit", "-n", namespace, "wl", "web"), capture_output=True, text=True, env={**nexus.env, "EDITOR": _editor(tmp_path, meanwhile)})
+    assert stale.returncode == 1
+    assert "Conflict" in stale.stderr and "your edits are in" in stale.stderr
+    assert server.kubectl_json("get", "-n", namespace, "wl", "web")["spec"]["replicas"] == 4
+

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "wait": "wait",
     "watch": "watch",
     "diff": "diff",
+    "edit": "edit",
     "explain": "explain",
     "api-resources": "apiresources",
     "version": "version",
@@ -166,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     diff = command("diff", "Show what applying the manifests would change, as a unified diff.")
     _file_flags(diff, required=True)
     diff.add_argument("--force-conflicts", action="store_true")
+
+    edit = command("edit", "Edit a live object in $EDITOR; the change is refused if the object moved on meanwhile.")
+    edit.add_argument("kind", metavar="KIND")
+    edit.add_argument("name", metavar="NAME")
 
     explain = command("explain", "Describe a kind's fields from the server's OpenAPI schema.")
     explain.add_argument("target", metavar="KIND[.FIELD...]")
