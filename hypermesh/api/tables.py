@@ -60,6 +60,9 @@ def _cell(obj: dict[str, Any], json_path: str, col_type: str) -> Any:
         return value
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+        # A string map (a selector, labels) reads best the way selectors are written.
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items())) or "<none>"
     if isinstance(value, (dict, list)):
         import orjson
 

@@ -332,3 +332,14 @@ def test_edit_saves_cancels_and_refuses_a_stale_change(nexus: Nexus, server: Ser
     assert "Conflict" in stale.stderr and "your edits are in" in stale.stderr
     assert server.kubectl_json("get", "-n", namespace, "wl", "web")["spec"]["replicas"] == 4
 
+
+
+def test_get_several_kinds_and_categories(nexus: Nexus, namespace: str) -> None:
+    nexus("apply", "-n", namespace, "-f", "-", input=WORKLOAD)
+    service = "apiVersion: hypermesh.io/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n"
+    nexus("apply", "-n", namespace, "-f", "-", input=service)
+    both = nexus("get", "-n", namespace, "wl,svc").stdout
+    assert "workload.hypermesh.io/web" in both and "service.hypermesh.io/web" in both
+    assert "app=web" in both  # a string map column reads like a selector
+    names = nexus("get", "-n", namespace, "all", "-o", "name").stdout.split()
+    assert sorted(names) == ["service.hypermesh.io/web", "workload.hypermesh.io/web"]

@@ -86,9 +86,66 @@ def _fetch_objects(session: Session, args: argparse.Namespace, resource: Resourc
     return _with_type(resource, objs, managed_fields=args.show_managed_fields), missing, version
 
 
+def _several_kinds(session: Session, kind: str) -> list[Resource] | None:
+    """The kinds of `wl,svc` or of a category (`all`, `hypermesh`); None for a single kind."""
+    parts = [p for p in kind.split(",") if p]
+    if len(parts) == 1 and "/" not in kind:
+        categorised = [r for r in session.discovery.resources() if parts[0] in r.categories and "list" in r.verbs]
+        if not categorised or any(parts[0] in (r.plural, r.singular, *r.short_names) for r in session.discovery.resources()):
+            return None
+        return categorised
+    if len(parts) == 1:
+        return None
+    found: list[Resource] = []
+    for part in parts:
+        in_category = [r for r in session.discovery.resources() if part in r.categories and "list" in r.verbs]
+        found.extend(in_category or [session.resolve(part)])
+    return found
+
+
+def _run_several(session: Session, args: argparse.Namespace, spec: formats.OutputSpec, resources: list[Resource]) -> int:
+    """`get wl,svc` / `get all`: one table per kind with kind-qualified names, as kubectl prints."""
+    if args.names or args.watch or args.watch_only:
+        raise errors.UsageError("names and --watch need a single kind; drop them or name one kind")
+    sections: list[str] = []
+    objects: list[dict[str, Any]] = []
+    namespace = None if args.all_namespaces else session.namespace
+    for resource in resources:
+        ns = namespace if resource.namespaced else None
+        if spec.human:
+            table = session.api.list(resource, ns, label_selector=args.selector, field_selector=args.field_selector, table=True)
+            rows = table.get("rows") or []
+            if not rows:
+                continue
+            for row in rows:
+                row["cells"][0] = manifests.object_ref(resource, str(row["cells"][0]))
+            options = tables.TableOptions(
+                wide=spec.kind == "wide",
+                no_headers=bool(args.no_headers),
+                show_labels=bool(args.show_labels),
+                show_namespace=bool(args.all_namespaces) and resource.namespaced,
+                color=session.color,
+            )
+            sections.append(tables.TablePrinter(options).add(table))
+        else:
+            listed = session.api.list(resource, ns, label_selector=args.selector, field_selector=args.field_selector)
+            objects.extend(_with_type(resource, list(listed.get("items") or []), managed_fields=args.show_managed_fields))
+    if spec.human:
+        if sections:
+            session.out("\n".join(sections))
+        else:
+            session.err("No resources found" + (f" in {namespace} namespace." if namespace else ""))
+    else:
+        session.out(formats.render_objects(spec, objects, single=False, no_headers=bool(args.no_headers)))
+    return 0
+
+
 def run(args: argparse.Namespace, session: Session) -> int:
     """List, fetch, then optionally watch."""
     spec = formats.parse_output(args.output)
+    several = _several_kinds(session, args.kind)
+    if several is not None:
+        return _run_several(session, args, spec, several)
     kind, names = split_kind_and_names(args.kind, list(args.names))
     resource = session.resolve(kind)
     all_namespaces = bool(args.all_namespaces) and resource.namespaced
