@@ -9,6 +9,7 @@ prints as one more aligned row.
 from __future__ import annotations
 
 import argparse
+import time
 from typing import TYPE_CHECKING, Any
 
 from hypermesh.cli.nexus import errors, formats, manifests, tables
@@ -164,6 +165,8 @@ def run(args: argparse.Namespace, session: Session) -> int:
         if spec.human:
             table, missing = _fetch_table(session, args, resource, ns, names)
             resource_version = str((table.get("metadata") or {}).get("resourceVersion", ""))
+        elif not received:
+            time.sleep(1.0)  # a stream that ended at once: do not spin
             text = printer.add(table)
             if text:
                 session.out(text)
@@ -202,26 +205,49 @@ def _watch(
     printer: tables.TablePrinter,
     resource_version: str,
 ) -> int:
-    """Print one row (or one object) per watch event until interrupted."""
+    """Print one row (or one object) per watch event until interrupted.
+
+    A watch the server ends (its timeout) is resumed from the last version seen; one whose
+    version has been compacted away (410) is resumed from a fresh listing, whose rows are
+    printed again so nothing that changed in the gap is missed.
+    """
     field_selector = ",".join(s for s in ((f"metadata.name={names[0]}" if names else ""), args.field_selector) if s)
-    events = session.api.watch(
-        resource,
-        ns,
-        resource_version=resource_version or None,
-        label_selector=args.selector,
-        field_selector=field_selector or None,
-        table=spec.human,
-    )
-    for event in events:
-        kind = event.get("type")
-        obj = event.get("object") or {}
-        if kind == "BOOKMARK":
-            continue
-        if kind == "ERROR":
-            raise errors.CliError(f"watch ended: {obj.get('message', obj)}")
-        if spec.human:
-            session.out(printer.add(obj))
-        else:
-            _with_type(resource, [obj], managed_fields=args.show_managed_fields)
-            session.out(formats.render_objects(spec, [obj], single=True, no_headers=True))
-    return 0
+    while True:
+        events = session.api.watch(
+            resource,
+            ns,
+            resource_version=resource_version or None,
+            label_selector=args.selector,
+            field_selector=field_selector or None,
+            table=spec.human,
+        )
+        expired = False
+        received = 0
+        for event in events:
+            received += 1
+            kind = event.get("type")
+            obj = event.get("object") or {}
+            version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+            if kind == "BOOKMARK":
+                resource_version = version or resource_version
+                continue
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    expired = True
+                    break
+                raise errors.CliError(f"watch ended: {obj.get('message', obj)}")
+            resource_version = version or resource_version
+            if spec.human:
+                session.out(printer.add(obj))
+            else:
+                _with_type(resource, [obj], managed_fields=args.show_managed_fields)
+                session.out(formats.render_objects(spec, [obj], single=True, no_headers=True))
+        if expired:
+            if spec.human:
+                table = session.api.list(resource, ns, label_selector=args.selector, field_selector=field_selector or None, table=True)
+                session.out(printer.add(table))
+            else:
+                table = session.api.list(resource, ns, label_selector=args.selector, field_selector=field_selector or None)
+            resource_version = str((table.get("metadata") or {}).get("resourceVersion", ""))
+        elif not received:
+            time.sleep(1.0)  # a stream that ended at once: do not spin
