@@ -165,8 +165,6 @@ def run(args: argparse.Namespace, session: Session) -> int:
         if spec.human:
             table, missing = _fetch_table(session, args, resource, ns, names)
             resource_version = str((table.get("metadata") or {}).get("resourceVersion", ""))
-        elif not received:
-            time.sleep(1.0)  # a stream that ended at once: do not spin
             text = printer.add(table)
             if text:
                 session.out(text)
