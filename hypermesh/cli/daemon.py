@@ -89,6 +89,7 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
         log.info("serving on %s (HTTPS on TCP and HTTP/3 on UDP), data in %s", url, data_dir)
         if banner:
             print(f"HyperMesh is running at {url}\n"
+                  f"  nexus get namespaces          # nexus finds {kubeconfig} by itself\n"
                   f"  export KUBECONFIG={kubeconfig}\n"
                   f"  kubectl get namespaces        # the kubectl from make setup is .venv/bin/kubectl\n"
                   f"Stop it with Ctrl-C.", flush=True)
