@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic import events
@@ -35,6 +34,9 @@ PathLike = str | os.PathLike[str]
 Headers = list[tuple[bytes, bytes]]
 
 USER_AGENT = b"hypermesh-h3client"
+# Datagrams drained per wake-up before other callbacks (timers, the caller's tasks) get a turn.
+_READ_BATCH = 64
+_MAX_DATAGRAM = 65536
 
 
 class H3Error(Exception):
@@ -97,35 +99,101 @@ class _Exchange:
             self.waiter = None
 
 
-class _H3ClientProtocol(QuicConnectionProtocol):
-    """Routes HTTP/3 events of one connection to the exchanges waiting for them."""
+class _H3ClientProtocol:
+    """One QUIC connection on a UDP socket of its own; routes HTTP/3 events to exchanges.
 
-    def __init__(self, quic: QuicConnection, **kwargs: Any) -> None:
-        super().__init__(quic, **kwargs)
+    aioquic's `QuicConnectionProtocol` rides on an asyncio datagram transport, which reads one
+    datagram per loop iteration and recomputes what to send after every one of them: most of
+    the client's CPU time while a large list arrives. Reading the socket directly lets one
+    wake-up drain a whole burst of datagrams and answer it with a single `transmit()`.
+    """
+
+    def __init__(
+        self, quic: QuicConnection, sock: socket.socket, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._quic = quic
+        self._sock = sock
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._pings: dict[int, asyncio.Future[None]] = {}
         self.h3 = H3Connection(quic)
         self.exchanges: dict[int, _Exchange] = {}
         self.closed_error: H3ConnectionError | None = None
-        self.confirmed: asyncio.Future[None] = self._loop.create_future()
+        self.confirmed: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), self._read_ready)
 
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        super().datagram_received(data, addr)
+    def connect(self, address: tuple[Any, ...]) -> None:
+        """Start the handshake; `confirmed` resolves once the server has accepted us."""
+        self._quic.connect(address, now=self._loop.time())
+        self.transmit()
+
+    async def ping(self) -> None:
+        """Ping the server and wait for its acknowledgement."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._pings[id(waiter)] = waiter
+        self._quic.send_ping(id(waiter))
+        self.transmit()
+        await asyncio.shield(waiter)
+
+    def transmit(self) -> None:
+        """Send what aioquic has queued and re-arm its timer."""
+        for data, address in self._quic.datagrams_to_send(now=self._loop.time()):
+            # A full socket buffer or an unreachable network is packet loss to QUIC, which
+            # recovers (or times out) on its own, as it would behind an asyncio transport.
+            with contextlib.suppress(OSError):
+                self._sock.sendto(data, address)
+        timer_at = self._quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+        self._timer_at = timer_at
+
+    def _handle_timer(self) -> None:
+        now = max(self._timer_at or 0.0, self._loop.time())
+        self._timer = self._timer_at = None
+        self._quic.handle_timer(now=now)
+        self._process_events()
+        self.transmit()
+
+    def _read_ready(self) -> None:
+        for _ in range(_READ_BATCH):
+            try:
+                data, address = self._sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                # An ICMP error surfacing on the socket; QUIC's own timers judge the connection.
+                break
+            self._quic.receive_datagram(data, address, now=self._loop.time())
+        self._process_events()
+        self.transmit()
         # The server confirms the handshake (HANDSHAKE_DONE) only after it has accepted our
-        # certificate; aioquic raises no event for it, so look after every datagram.
+        # certificate; aioquic raises no event for it, so look after every read.
         if not self.confirmed.done() and self._quic._handshake_confirmed:
             self.confirmed.set_result(None)
 
-    def quic_event_received(self, event: events.QuicEvent) -> None:
+    def _process_events(self) -> None:
+        event = self._quic.next_event()
+        while event is not None:
+            self._quic_event_received(event)
+            event = self._quic.next_event()
+
+    def _quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.ConnectionTerminated):
             reason = event.reason_phrase or "no reason given"
             error = H3ConnectionError(
                 f"connection closed (error 0x{event.error_code:x}): {reason}",
                 error_code=event.error_code,
             )
-            self.closed_error = error
-            for exchange in self.exchanges.values():
-                exchange.fail(error)
-            if not self.confirmed.done():
-                self.confirmed.set_exception(error)
+            self._terminated(error)
+            return
+        if isinstance(event, events.PingAcknowledged):
+            waiter = self._pings.pop(event.uid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
             return
         for h3_event in self.h3.handle_event(event):
             if isinstance(h3_event, HeadersReceived | DataReceived):
@@ -134,6 +202,34 @@ class _H3ClientProtocol(QuicConnectionProtocol):
             reset = self.exchanges.pop(event.stream_id, None)
             if reset is not None:
                 reset.fail(H3StreamReset(event.stream_id, event.error_code))
+
+    def _terminated(self, error: H3ConnectionError) -> None:
+        if self.closed_error is not None:
+            return
+        self.closed_error = error
+        for exchange in self.exchanges.values():
+            exchange.fail(error)
+        self.exchanges.clear()
+        for waiter in self._pings.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(str(error)))
+        self._pings.clear()
+        if not self.confirmed.done():
+            self.confirmed.set_exception(error)
+            # Nobody may be waiting any more; do not let asyncio log it as never retrieved.
+            self.confirmed.exception()
+
+    def shutdown(self) -> None:
+        """Send CONNECTION_CLOSE now, fail what is still open and close the socket."""
+        self._terminated(H3ConnectionError("connection closed by the client"))
+        self._quic.close()
+        self.transmit()
+        # aioquic would wake up later only to end the closing period we skip.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
 
     def _http_event_received(self, event: HeadersReceived | DataReceived) -> None:
         exchange = self.exchanges.get(event.stream_id)
@@ -228,7 +324,6 @@ class H3Client:
         self._session_ticket = session_ticket
         self._on_session_ticket = on_session_ticket
         self._protocol: _H3ClientProtocol | None = None
-        self._transport: asyncio.DatagramTransport | None = None
         self._keepalive: asyncio.Task[None] | None = None
 
     # Connection lifecycle
@@ -270,8 +365,7 @@ class H3Client:
         if self._protocol is not None:
             raise RuntimeError("H3Client is already connected")
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_DGRAM)
-        family, _, _, _, address = infos[0]
+        family, address = await _resolve(loop, self._host, self._port)
         quic = QuicConnection(
             configuration=self._configuration(),
             session_ticket_handler=self._on_session_ticket,
@@ -280,18 +374,14 @@ class H3Client:
         try:
             sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
             sock.setblocking(False)
-            transport, protocol = await loop.create_datagram_endpoint(
-                lambda: _H3ClientProtocol(quic), sock=sock
-            )
+            protocol = _H3ClientProtocol(quic, sock, loop)
         except BaseException:
             sock.close()
             raise
-        self._transport = transport
         self._protocol = protocol
         try:
             protocol.connect(address)
             async with asyncio.timeout(self._connect_timeout):
-                await protocol.wait_connected()
                 await protocol.confirmed
         except BaseException as exc:
             error = protocol.closed_error
@@ -323,16 +413,14 @@ class H3Client:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
-        protocol, transport = self._protocol, self._transport
-        self._protocol = self._transport = None
-        if protocol is None or transport is None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is None:
             return
-        protocol.close()
-        # Let the close frame go out and aioquic's timers wind down, but never wait long.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):
-                await protocol.wait_closed()
-        transport.close()
+        # Send CONNECTION_CLOSE and drop the socket at once. RFC 9000 lets the closing side
+        # linger (3 PTOs) only to repeat the close should the peer keep sending; waiting that
+        # out delayed every CLI process by ~0.1 s, and a peer that missed the close merely
+        # times the connection out. `sendto` has handed the close to the kernel by then.
+        protocol.shutdown()
 
     @property
     def session_resumed(self) -> bool:
@@ -440,3 +528,23 @@ class H3Client:
             protocol._quic.reset_stream(exchange.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
             protocol._quic.stop_stream(exchange.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
         protocol.transmit()
+
+
+async def _resolve(
+    loop: asyncio.AbstractEventLoop, host: str, port: int
+) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    """The socket family and address of `host`; an IP literal needs no resolver thread."""
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+        return socket.AF_INET, (host, port)
+    except OSError:
+        pass
+    try:
+        socket.inet_pton(socket.AF_INET6, host)
+        return socket.AF_INET6, (host, port, 0, 0)
+    except OSError:
+        pass
+    # A name (or a scoped IPv6 address): the resolver may block, so asyncio runs it in a thread.
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, _, _, _, address = infos[0]
+    return family, address
