@@ -6,6 +6,11 @@ than make every caller async, this transport runs a private event loop in a daem
 `run_coroutine_threadsafe`. A streamed body crosses back through a thread-safe queue filled by
 a pump task, so the caller blocks on the queue, not on the loop.
 
+Session tickets: the server's tickets are saved per server (and per client certificate) in
+`hypermesh.client.tickets`, and the next process offers the stored one, so a new command
+resumes the TLS session (`H3Transport.resumed`) instead of making a full handshake with the
+certificate; the server then gives the connection the identity it verified for the ticket.
+
 This module imports aioquic (~170 ms), so `Client` imports it only when HTTP/3 is attempted.
 """
 
@@ -23,7 +28,7 @@ from typing import Any, TypeVar
 
 from hypermesh.client.config import ClusterConfig
 from hypermesh.client.errors import ClientError
-from hypermesh.client.tickets import TicketStore
+from hypermesh.client.tickets import TicketStore, owner_of
 from hypermesh.client.transports import Endpoint, Headers, private_pem_files
 from hypermesh.transport.h3client import H3Client, H3ConnectionError, H3Error, H3Response
 
@@ -193,6 +198,17 @@ class H3Transport:
     def _outer(self, timeout: float) -> float:
         return timeout + 5.0
 
+    @property
+    def resumed(self) -> bool:
+        """True if the open connection resumed a TLS session from a stored ticket."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            return client.session_resumed
+        except H3Error:
+            return False
+
     def connect(self) -> None:
         """Open the QUIC connection now (raises ClientError); `auto` uses this to probe."""
         self._loop().run(self._connected(), self._outer(self._connect_timeout))
@@ -208,7 +224,10 @@ class H3Transport:
                 self._client = None
                 with contextlib.suppress(Exception):
                     await client.close()
-        ticket = self._tickets.load() if self._tickets is not None else None
+        # A ticket resumes the identity it was issued to: offer it only with that certificate.
+        owner = owner_of(self._config.cert_pem)
+        tickets = self._tickets
+        ticket = tickets.load(owner) if tickets is not None else None
         with private_pem_files(self._config) as files:
             cafile = files.ca or _system_cafile()
             client = H3Client(
@@ -220,7 +239,9 @@ class H3Transport:
                 server_name=self._endpoint.server_name,
                 connect_timeout=self._connect_timeout,
                 session_ticket=ticket,
-                on_session_ticket=self._tickets.save if self._tickets is not None else None,
+                on_session_ticket=(
+                    functools.partial(tickets.save, owner=owner) if tickets is not None else None
+                ),
             )
             connecting = asyncio.ensure_future(client.connect())
             # H3Client gives up after connect_timeout but then spends up to half a second
@@ -237,9 +258,9 @@ class H3Transport:
                     self._client = client
                     return client
                 failure = exception
-        if ticket is not None and self._tickets is not None:
+        if ticket is not None and tickets is not None:
             # A refused resumption can look like any failure: start afresh next time.
-            self._tickets.discard()
+            tickets.discard()
         if isinstance(failure, H3Error | OSError | ssl.SSLError | ValueError):
             raise self.translate(failure) from None
         raise failure

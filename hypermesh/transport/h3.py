@@ -2,22 +2,37 @@
 
 aioquic has no server-side mutual TLS: no public way to ask for a client certificate, and
 when asked (through an internal flag) it checks only that the client holds the certificate's
-key, never who signed it. This listener therefore
+key, never who signed it. Its session resumption does not mix with client certificates either:
+a resumed TLS 1.3 session carries no certificate, yet with the flag set aioquic still waits for
+one and fails the handshake (TLS unexpected_message, error 266). This listener therefore hooks
+each connection's TLS context right after aioquic creates it:
 
-1. sets that internal flag (`tls.Context._request_client_certificate`) on each connection
-   right after aioquic creates its TLS context, so the server sends a CertificateRequest;
-2. verifies the client chain itself when the handshake completes, with the cluster CA as the
-   only trust anchor (`hypermesh.pki.verify`, the same checks OpenSSL makes for the TCP
-   listener); a connection whose certificate fails is closed with a TLS bad_certificate
-   error before any request on it reaches the app, and a client that sent no certificate is
-   served with identity None (the app answers 401);
-3. issues no session tickets. A resumed TLS 1.3 session skips the certificate exchange, so
-   a resumed connection would carry no certificate at all: it would either silently turn
-   anonymous or require identity bound to ticket state. aioquic also fails resumption
-   outright when the certificate flag is set. Full handshakes cost ~8 ms instead of ~6 ms and
-   clients keep connections open, so the listener simply never resumes (and never accepts
-   0-RTT, whose replayable requests an API with side effects should not take anyway). As
-   defence in depth, a connection that reports resumption or early data is closed.
+1. it sets the internal flag (`tls.Context._request_client_certificate`), so a full handshake
+   sends a CertificateRequest;
+2. it verifies the client chain itself, with the cluster CA as the only trust anchor
+   (`hypermesh.pki.verify`, the same checks OpenSSL makes for the TCP listener), as soon as
+   the client's Finished message proves the handshake genuine; a connection whose certificate
+   fails is closed with a TLS bad_certificate error before any request on it reaches the app,
+   and a client that sent no certificate is served with identity None (the app answers 401);
+3. only then, and only when that verification passed, it sends a session ticket itself (in
+   place of aioquic's, which would go to every client, anonymous or not, valid for a day).
+   The ticket is 32 random bytes that mean nothing outside this process: the verified
+   `Identity` (and certificate) it stands for stays in a bounded in-memory `SessionTicketStore`
+   for the ticket's lifetime, one hour, or less when the certificate expires sooner. Tickets
+   never allow 0-RTT (no early_data in them, so aioquic clients never send any);
+4. when a client offers a ticket, the store is the `get_session_ticket_cb`: an unknown, expired,
+   forged or foreign ticket (another server process, a restarted one) is simply not found, and
+   the handshake is a full one, certificate request included. A known ticket whose PSK binder
+   checks out resumes: aioquic already leaves the CertificateRequest out of a PSK handshake,
+   and the hook then stops it from waiting for a certificate (state SERVER_EXPECT_FINISHED
+   instead of SERVER_EXPECT_CERTIFICATE). The connection gets the ticket's Identity, and is
+   issued no further ticket, so a session lives at most one hour past its last full handshake;
+5. as defence in depth, a connection that reports early data, or resumption without a ticket
+   of ours, is closed, and so is one that sends stream data before the handshake completed.
+
+Revocation: tickets live in memory only, so a restart forgets them all, and
+`SessionTicketStore.forget` (through `serve_h3(tickets=...)` or `_H3Service.forget_tickets`)
+drops those of one identity or user, so their next connection must present a certificate.
 
 Requests map to ASGI the usual way: response body chunks become DATA frames as the app sends
 them (watches stream for minutes), the stream ends on `more_body=False`, and a client reset,
@@ -27,15 +42,20 @@ STOP_SENDING or a lost connection reaches the app as `http.disconnect`.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
+import secrets
 import urllib.parse
-from collections import deque
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aioquic import tls as quic_tls
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
+from aioquic.buffer import Buffer
 from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic import events
@@ -43,6 +63,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import AlertDescription
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from hypermesh.pki.identity import Identity
 from hypermesh.pki.verify import CertificateRejected, ClientCertificateVerifier
@@ -71,10 +93,128 @@ _CONNECTION_HEADERS = frozenset(
 )
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
+# A session ticket resumes the identity of a full handshake for at most this long.
+TICKET_LIFETIME = 3600.0
+# Tickets remembered at once; the oldest go first (their holders just make a full handshake).
+MAX_TICKETS = 10_000
+# Tickets remembered per client certificate (a CLI keeps only its newest one anyway).
+MAX_TICKETS_PER_CERTIFICATE = 8
+
 
 def _bad_certificate_code() -> int:
     # TLS alerts travel as QUIC CRYPTO_ERROR 0x100 + alert (RFC 9001 section 4.8).
     return int(QuicErrorCode.CRYPTO_ERROR) + int(AlertDescription.bad_certificate)
+
+
+@dataclass(frozen=True, slots=True)
+class _TicketRecord:
+    """What a ticket we issued stands for: a verified identity, until `expires` (epoch s)."""
+
+    session_ticket: quic_tls.SessionTicket
+    identity: Identity
+    certificate: x509.Certificate
+    # The certificate's SHA-256, to bound the tickets of one certificate.
+    fingerprint: bytes
+    expires: float
+
+
+class SessionTicketStore:
+    """The session tickets one listener issued, in memory, each with its verified identity.
+
+    Only this process can resume with them: a restart (or another server) knows none, and
+    `forget` drops those of an identity, so its next connection shows a certificate again.
+    The store is bounded twice: `max_tickets` in all (the oldest go first) and
+    `max_per_certificate`, so one client making full handshakes in a loop (a script that never
+    keeps its tickets) cannot push everyone else's out. A ticket lost either way costs its
+    holder one full handshake, nothing more.
+    """
+
+    def __init__(
+        self,
+        *,
+        lifetime: float = TICKET_LIFETIME,
+        max_tickets: int = MAX_TICKETS,
+        max_per_certificate: int = MAX_TICKETS_PER_CERTIFICATE,
+    ) -> None:
+        self.lifetime = lifetime
+        self.max_tickets = max_tickets
+        self.max_per_certificate = max_per_certificate
+        self._records: OrderedDict[bytes, _TicketRecord] = OrderedDict()
+        self._by_certificate: dict[bytes, deque[bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def lifetime_for(self, certificate: x509.Certificate, now: float) -> int:
+        """Seconds a ticket for `certificate` may live: the lifetime, capped by notAfter."""
+        remaining = certificate.not_valid_after_utc.timestamp() - now
+        return int(max(0.0, min(self.lifetime, remaining)))
+
+    def add(
+        self,
+        session_ticket: quic_tls.SessionTicket,
+        identity: Identity,
+        certificate: x509.Certificate,
+        expires: float,
+    ) -> None:
+        """Remember that `session_ticket` stands for `identity` until `expires`."""
+        fingerprint = certificate.fingerprint(hashes.SHA256())
+        siblings = self._by_certificate.setdefault(fingerprint, deque())
+        while len(siblings) >= self.max_per_certificate:
+            self._remove(siblings[0])
+        if len(self._records) >= self.max_tickets:
+            self._purge(time_now())
+            while len(self._records) >= self.max_tickets:
+                self._remove(next(iter(self._records)))
+        ticket = session_ticket.ticket
+        self._records[ticket] = _TicketRecord(
+            session_ticket, identity, certificate, fingerprint, expires
+        )
+        self._by_certificate.setdefault(fingerprint, deque()).append(ticket)
+
+    def lookup(self, ticket: bytes) -> _TicketRecord | None:
+        """The record of a ticket we issued and that is still valid, else None."""
+        record = self._records.get(ticket)
+        if record is None:
+            return None
+        if time_now() >= record.expires:
+            self._remove(ticket)
+            return None
+        return record
+
+    def forget(self, who: Identity | str) -> int:
+        """Drop the tickets of an identity (or of every identity of a user name); how many."""
+        doomed = [
+            ticket
+            for ticket, record in self._records.items()
+            if (record.identity.user == who if isinstance(who, str) else record.identity == who)
+        ]
+        for ticket in doomed:
+            self._remove(ticket)
+        return len(doomed)
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._by_certificate.clear()
+
+    def _remove(self, ticket: bytes) -> None:
+        record = self._records.pop(ticket, None)
+        if record is None:
+            return
+        siblings = self._by_certificate.get(record.fingerprint)
+        if siblings is not None:
+            siblings.remove(ticket)
+            if not siblings:
+                del self._by_certificate[record.fingerprint]
+
+    def _purge(self, now: float) -> None:
+        for ticket in [t for t, record in self._records.items() if now >= record.expires]:
+            self._remove(ticket)
+
+
+def time_now() -> float:
+    """Wall-clock seconds (ticket and certificate validity are wall-clock times)."""
+    return datetime.datetime.now(datetime.UTC).timestamp()
 
 
 class _RequestCycle:
@@ -205,9 +345,15 @@ class _RequestCycle:
 class _H3Service:
     """State shared by all connections of one listener: the app, the verifier, the tasks."""
 
-    def __init__(self, app: ASGIApp, verifier: ClientCertificateVerifier) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: ClientCertificateVerifier,
+        tickets: SessionTicketStore | None = None,
+    ) -> None:
         self.app = app
         self.verifier = verifier
+        self.tickets = tickets if tickets is not None else SessionTicketStore()
         self.tasks: set[asyncio.Task[None]] = set()
         self.protocols: set[_H3ServerProtocol] = set()
         self.closing = False
@@ -217,6 +363,10 @@ class _H3Service:
         protocol = _H3ServerProtocol(quic, service=self, **kwargs)
         self.protocols.add(protocol)
         return protocol
+
+    def forget_tickets(self, who: Identity | str) -> int:
+        """Revoke resumption for an identity (or user name): its next connection is a full one."""
+        return self.tickets.forget(who)
 
 
 class _H3ServerProtocol(QuicConnectionProtocol):
@@ -231,19 +381,89 @@ class _H3ServerProtocol(QuicConnectionProtocol):
         self._client: tuple[str, int] | None = None
         self._requests: dict[int, _RequestCycle] = {}
         self._send_waiters: list[asyncio.Future[None]] = []
-        self._request_client_certificate(quic)
+        # The outcome of verifying the client certificate, once the client's Finished came.
+        self._verified: Identity | CertificateRejected | None = None
+        # The ticket this connection resumes with (offered by the client and found by us).
+        self._resumption: _TicketRecord | None = None
+        self._hook_tls(quic)
 
-    @staticmethod
-    def _request_client_certificate(quic: QuicConnection) -> None:
+    def _hook_tls(self, quic: QuicConnection) -> None:
         # aioquic builds its TLS context lazily, on the first datagram, and exposes no option
-        # to request a client certificate; hook the construction and set the internal flag.
+        # to request a client certificate nor to tie tickets to one; hook the construction.
         initialize = quic._initialize
 
-        def initialize_requesting_certificate(peer_cid: bytes) -> None:
+        def initialize_hooked(peer_cid: bytes) -> None:
             initialize(peer_cid)
-            quic.tls._request_client_certificate = True
+            tls = quic.tls
+            tls._request_client_certificate = True
+            # Tickets are ours to issue (see `_issue_ticket`), never aioquic's.
+            tls.new_session_ticket_cb = None
+            tls.get_session_ticket_cb = self._fetch_ticket
+            handle_hello = tls._server_handle_hello
+            handle_finished = tls._server_handle_finished
 
-        quic._initialize = initialize_requesting_certificate  # type: ignore[method-assign]
+            def server_handle_hello(
+                input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer
+            ) -> None:
+                handle_hello(input_buf, initial_buf, handshake_buf)
+                if not tls.session_resumed:
+                    # A ticket we know but aioquic did not take (another cipher suite).
+                    self._resumption = None
+                elif tls.state == quic_tls.State.SERVER_EXPECT_CERTIFICATE:
+                    # A PSK handshake sent no CertificateRequest, so no certificate is coming;
+                    # aioquic would wait for one anyway. Expect the client's Finished instead,
+                    # exactly as aioquic does when it requested nothing.
+                    tls._request_client_certificate = False
+                    tls._server_expect_finished()
+
+            def server_handle_finished(input_buf: Buffer, output_buf: Buffer) -> None:
+                handle_finished(input_buf, output_buf)
+                # The Finished message checked out: the handshake (and the key proof behind
+                # any certificate) is genuine. Verify the chain; a ticket only if it passes.
+                try:
+                    self._issue_ticket(tls, output_buf)
+                except Exception:
+                    # No ticket then (a full handshake next time); `_accept` still decides.
+                    logger.exception("HTTP/3 session ticket for %s not issued", self._client)
+
+            tls._server_handle_hello = server_handle_hello  # type: ignore[method-assign]
+            tls._server_handle_finished = server_handle_finished  # type: ignore[method-assign]
+
+        quic._initialize = initialize_hooked  # type: ignore[method-assign]
+
+    def _fetch_ticket(self, ticket: bytes) -> quic_tls.SessionTicket | None:
+        """aioquic's ticket lookup: only our own, unexpired tickets resume."""
+        record = self._service.tickets.lookup(ticket)
+        self._resumption = record
+        return record.session_ticket if record is not None else None
+
+    def _issue_ticket(self, tls: quic_tls.Context, output_buf: Buffer) -> None:
+        if tls.session_resumed:
+            # The session's identity was proven at its full handshake; it is not extended.
+            return
+        cert = tls._peer_certificate
+        if cert is None:
+            return
+        identity = self._verified = self._verify(cert, tls._peer_certificate_chain)
+        if isinstance(identity, CertificateRejected):
+            return
+        if tls._psk_key_exchange_mode is None or self._service.closing:
+            return
+        now = time_now()
+        lifetime = self._service.tickets.lifetime_for(cert, now)
+        if lifetime <= 0:
+            return
+        message = quic_tls.NewSessionTicket(
+            ticket_lifetime=lifetime,
+            ticket_age_add=secrets.randbits(32),
+            ticket_nonce=b"",
+            ticket=secrets.token_bytes(32),
+            # No early_data extension: the client may never send 0-RTT data.
+            max_early_data_size=None,
+        )
+        session_ticket = tls._build_session_ticket(message, [])
+        quic_tls.push_new_session_ticket(output_buf, message)
+        self._service.tickets.add(session_ticket, identity, cert, now + lifetime)
 
     # Datagram and QUIC events
 
@@ -279,23 +499,42 @@ class _H3ServerProtocol(QuicConnectionProtocol):
                 self._wake_senders()
 
     def _accept(self, event: events.HandshakeCompleted) -> None:
-        """Verify the client certificate; start HTTP/3 only if it passes (or is absent)."""
-        if event.session_resumed or event.early_data_accepted:
-            # No tickets are issued, so this cannot happen; if it ever does, the connection
-            # carries no certificate and must not be served as if it had been checked.
-            self._reject("unexpected session resumption")
+        """Settle who the client is; start HTTP/3 only if its certificate passed (or is absent)."""
+        if event.early_data_accepted:
+            # Tickets never allow early data; a client that sends it anyway is not served.
+            self._reject("early data is not accepted")
             return
         tls = self._quic.tls
-        cert = tls._peer_certificate
-        if cert is not None:
-            try:
-                self._identity = self._service.verifier.verify(cert, tls._peer_certificate_chain)
-            except CertificateRejected as exc:
-                logger.info("HTTP/3 client %s rejected: %s", self._client, exc)
-                self._reject(str(exc), code=_bad_certificate_code())
+        cert: x509.Certificate | None
+        if event.session_resumed:
+            record = self._resumption
+            if record is None or self._service.tickets.lookup(record.session_ticket.ticket) is None:
+                # Not a ticket of ours (or revoked meanwhile): nothing vouches for the client.
+                self._reject("session resumption without a valid ticket")
                 return
+            self._identity = record.identity
+            cert = record.certificate
+        else:
+            cert = tls._peer_certificate
+            if cert is not None:
+                verified = self._verified
+                if verified is None:
+                    verified = self._verify(cert, tls._peer_certificate_chain)
+                if isinstance(verified, CertificateRejected):
+                    logger.info("HTTP/3 client %s rejected: %s", self._client, verified)
+                    self._reject(str(verified), code=_bad_certificate_code())
+                    return
+                self._identity = verified
         self._tls = tls_extension(cert, TLS_VERSIONS["TLSv1.3"])
         self._h3 = H3Connection(self._quic)
+
+    def _verify(
+        self, cert: x509.Certificate, chain: list[x509.Certificate]
+    ) -> Identity | CertificateRejected:
+        try:
+            return self._service.verifier.verify(cert, chain)
+        except CertificateRejected as exc:
+            return exc
 
     def _reject(self, reason: str, code: int = QuicErrorCode.PROTOCOL_VIOLATION) -> None:
         self._h3 = None
@@ -432,21 +671,24 @@ async def serve_h3(
     shutdown: asyncio.Event | None = None,
     graceful_timeout: float = 5.0,
     idle_timeout: float = 60.0,
+    tickets: SessionTicketStore | None = None,
 ) -> None:
     """Serve `app` over HTTP/3 on UDP `host:port` until `shutdown` is set (or cancellation).
 
     On shutdown new requests are refused (H3_REQUEST_REJECTED), running ones get
     `graceful_timeout` seconds to finish before they are cancelled, then every connection is
     closed. Clients must present a certificate from `cafile`'s CA or none at all.
+    Session tickets go to verified clients only and are remembered in `tickets` (a fresh
+    store by default); `tickets.forget(identity)` revokes resumption for an identity.
     """
     loop = asyncio.get_running_loop()
     configuration = server_quic_configuration(certfile, keyfile, idle_timeout=idle_timeout)
-    service = _H3Service(app, ClientCertificateVerifier(Path(cafile).read_bytes()))
+    service = _H3Service(app, ClientCertificateVerifier(Path(cafile).read_bytes()), tickets)
     sock = sockets.udp_listener(host, port)
     sockname = sock.getsockname()
     service.server_address = (str(sockname[0]), int(sockname[1]))
-    # No session_ticket_fetcher/handler: the listener never issues or accepts tickets (see
-    # the module docstring for why).
+    # No session_ticket_fetcher/handler here: each connection's TLS hooks issue and look up
+    # tickets (see the module docstring for why aioquic's own handling will not do).
     transport, server = await loop.create_datagram_endpoint(
         lambda: QuicServer(configuration=configuration, create_protocol=service.create_protocol),
         sock=sock,

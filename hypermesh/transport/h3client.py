@@ -7,9 +7,12 @@ timeout, and `connect()` returns only once the server has confirmed the handshak
 that rejects our certificate closes the connection instead of confirming, and that shows up
 as an `H3ConnectionError` from `connect()` rather than from some later request.
 
-The HyperMesh listener issues no session tickets (see `hypermesh.transport.h3`), but the
-client supports them for other servers: pass `on_session_ticket` to collect tickets and
-`session_ticket` to offer one.
+Session resumption: pass `on_session_ticket` to collect the tickets a server issues and
+`session_ticket` to offer one on a later connection; `session_resumed` then says whether the
+server took it. The HyperMesh listener issues tickets only to clients whose certificate it
+verified, and a resumed connection keeps that certificate's identity (see
+`hypermesh.transport.h3`): the ticket is as good as the certificate's key, so keep it as
+secret. Its tickets never allow 0-RTT, so requests are sent only once the handshake is done.
 """
 
 from __future__ import annotations

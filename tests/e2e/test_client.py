@@ -268,6 +268,70 @@ def test_auto_prefers_h3(config: ClusterConfig, home: Path) -> None:
     assert not (home / "cache" / "transport.json").exists()
 
 
+def _h3_resumed(client: Client) -> bool:
+    transport = client._transport
+    assert transport is not None and transport.name == "h3"
+    resumed: bool = transport.resumed  # type: ignore[attr-defined]
+    return resumed
+
+
+def test_h3_resumes_the_session_in_the_next_client(
+    config: ClusterConfig, server: Server, home: Path, tmp_path: Path
+) -> None:
+    with Client(config, transport="h3") as client:
+        assert client.request("GET", "/api/v1/namespaces").status == 200
+        assert not _h3_resumed(client)
+    tickets = list((home / "quic-tickets").iterdir())
+    assert len(tickets) == 1
+    assert tickets[0].stat().st_mode & 0o777 == 0o600
+
+    # The next client (as the next command would) resumes, still as the admin.
+    with Client(config, transport="h3") as client:
+        assert client.request("GET", "/api/v1/namespaces").status == 200
+        assert _h3_resumed(client)
+
+    # ... and so does a fresh process.
+    code = (
+        "from hypermesh.client import Client, load_config\n"
+        f"with Client(load_config({str(server.kubeconfig)!r}), transport='h3') as client:\n"
+        "    status = client.request('GET', '/api/v1/namespaces').status\n"
+        "    print(status, client._transport.resumed)\n"
+    )
+    env = {**os.environ, "HYPERMESH_HOME": str(home)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert result.stdout.split() == ["200", "True"], result.stderr
+
+    # Another user of the same server is never offered the admin's ticket: it stays anonymous.
+    doc = yaml.safe_load(server.kubeconfig.read_text())
+    doc["users"][0]["user"] = {}
+    path = tmp_path / "anonymous.kubeconfig"
+    path.write_text(yaml.safe_dump(doc))
+    with Client(load_config(str(path)), transport="h3") as client:
+        with pytest.raises(ApiError) as info:
+            client.request("GET", "/api/v1/namespaces")
+        assert not _h3_resumed(client)
+    assert info.value.status == 401
+
+
+def test_h3_stale_ticket_falls_back_to_a_full_handshake(config: ClusterConfig, home: Path) -> None:
+    # A ticket the server does not know (it restarted, or the file is from elsewhere) costs
+    # only a full handshake, which brings a fresh ticket.
+    with Client(config, transport="h3") as client:
+        client.request("GET", "/api")
+    (path,) = (home / "quic-tickets").iterdir()
+    record = orjson.loads(path.read_bytes())
+    record["ticket"]["ticket"] = "AAAA" + record["ticket"]["ticket"][4:]
+    path.write_bytes(orjson.dumps(record))
+    with Client(config, transport="h3") as client:
+        assert client.request("GET", "/api").status == 200
+        assert not _h3_resumed(client)
+    with Client(config, transport="h3") as client:
+        assert client.request("GET", "/api").status == 200
+        assert _h3_resumed(client)
+
+
 class TcpForwarder:
     """Forwards TCP connections to another port; nothing listens on UDP (QUIC goes unanswered)."""
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime
 import json
 import os
 import shutil
@@ -26,11 +28,13 @@ import pytest
 from aioquic.asyncio.server import serve as aioquic_serve
 from aioquic.h3.connection import H3_ALPN
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.tls import SessionTicket
+from aioquic.tls import CipherSuite, SessionTicket
 
 from hypermesh.pki import CertificateAuthority, ServerPKI, ensure_server_pki, write_kubeconfig
+from hypermesh.pki.identity import Identity
+from hypermesh.transport import h3 as h3_server
 from hypermesh.transport.asgi import IDENTITY_SCOPE_KEY
-from hypermesh.transport.h3 import serve_h3
+from hypermesh.transport.h3 import SessionTicketStore, serve_h3
 from hypermesh.transport.h3client import H3Client, H3ConnectionError, H3Error
 from hypermesh.transport.tcp import serve_tcp
 
@@ -200,7 +204,9 @@ class Listeners:
 
 
 @contextlib.asynccontextmanager
-async def running(server_pki: ServerPKI, host: str = "127.0.0.1") -> AsyncIterator[Listeners]:
+async def running(
+    server_pki: ServerPKI, host: str = "127.0.0.1", tickets: SessionTicketStore | None = None
+) -> AsyncIterator[Listeners]:
     port = _free_port(host)
     app = EchoApp()
     shutdown = asyncio.Event()
@@ -230,6 +236,7 @@ async def running(server_pki: ServerPKI, host: str = "127.0.0.1") -> AsyncIterat
                 ready=h3_ready,
                 shutdown=shutdown,
                 graceful_timeout=1.0,
+                tickets=tickets,
                 **files,
             )
         ),
@@ -509,19 +516,190 @@ async def test_shutdown_ends_open_streams(server_pki: ServerPKI, admin: Credenti
                 pass
 
 
-# HTTP/3 session resumption: the listener issues no tickets, so nothing is ever resumed.
+# HTTP/3 session resumption: tickets for verified certificates only, bound to their identity.
 
 
-async def test_h3_issues_no_tickets_and_reconnects_keep_identity(
+async def _ticket_for(listeners: Listeners, creds: Credentials | None) -> list[SessionTicket]:
+    """Connect once with `creds` and return the tickets the listener issued to it."""
+    tickets: list[SessionTicket] = []
+    async with listeners.h3(creds, on_session_ticket=tickets.append) as client:
+        # The ticket follows the client's Finished; one round trip later it has surely come.
+        _, _, body = await client.request("GET", "/whoami")
+        assert not client.session_resumed
+    assert (json.loads(body)["user"] is None) == (creds is None)
+    return tickets
+
+
+async def _whoami(client: H3Client) -> dict[str, Any]:
+    status, _, body = await client.request("GET", "/whoami")
+    assert status == 200
+    answer: dict[str, Any] = json.loads(body)
+    return answer
+
+
+async def test_h3_verified_client_resumes_with_its_identity(
     listeners: Listeners, admin: Credentials
 ) -> None:
-    tickets: list[SessionTicket] = []
+    tickets = await _ticket_for(listeners, admin)
+    assert len(tickets) == 1
+    ticket = tickets[0]
+    # One hour at most, and never an invitation to send 0-RTT data.
+    assert ticket.not_valid_after - ticket.not_valid_before <= datetime.timedelta(hours=1)
+    assert ticket.max_early_data_size is None
+    more: list[SessionTicket] = []
     for _ in range(2):
-        async with listeners.h3(admin, on_session_ticket=tickets.append) as client:
-            _, _, body = await client.request("GET", "/whoami")
-            assert json.loads(body)["user"] == "admin"
-            assert not client.session_resumed
+        async with listeners.h3(admin, session_ticket=ticket, on_session_ticket=more.append) as c:
+            assert c.session_resumed
+            answer = await _whoami(c)
+        assert answer["user"] == "admin"
+        assert answer["groups"] == ["system:masters"]
+        assert answer["cert_name"] == "CN=admin,O=system:masters"
+    # A resumed session is not extended with a new ticket: it ends an hour after the
+    # certificate was last checked.
+    assert more == []
+
+
+async def test_h3_resumption_needs_no_certificate_but_keeps_the_ticket_identity(
+    listeners: Listeners, admin: Credentials
+) -> None:
+    # The ticket's secret is the credential: a resumed client need not even load the key.
+    (ticket,) = await _ticket_for(listeners, admin)
+    async with listeners.h3(None, session_ticket=ticket) as client:
+        assert client.session_resumed
+        assert (await _whoami(client))["user"] == "admin"
+
+
+async def test_h3_anonymous_and_rejected_clients_get_no_ticket(
+    listeners: Listeners, impostor: Credentials
+) -> None:
+    assert await _ticket_for(listeners, None) == []
+    tickets: list[SessionTicket] = []
+    with pytest.raises(H3ConnectionError) as caught:
+        async with listeners.h3(impostor, on_session_ticket=tickets.append) as client:
+            await client.request("GET", "/whoami", timeout=3)
+    assert caught.value.error_code == BAD_CERTIFICATE
     assert tickets == []
+
+
+async def test_h3_ticket_of_another_listener_means_a_full_handshake(
+    server_pki: ServerPKI, admin: Credentials
+) -> None:
+    # Same CA, same serving certificate, another process's memory (or a restarted server).
+    async with running(server_pki) as first:
+        (ticket,) = await _ticket_for(first, admin)
+    async with running(server_pki) as second:
+        fresh: list[SessionTicket] = []
+        async with second.h3(admin, session_ticket=ticket, on_session_ticket=fresh.append) as c:
+            assert not c.session_resumed
+            assert (await _whoami(c))["user"] == "admin"
+        assert len(fresh) == 1
+        # Without a certificate the foreign ticket buys nothing: the client is anonymous.
+        async with second.h3(None, session_ticket=ticket) as client:
+            assert not client.session_resumed
+            assert (await _whoami(client))["user"] is None
+
+
+async def test_h3_forged_tickets_are_not_resumed(listeners: Listeners, admin: Credentials) -> None:
+    (ticket,) = await _ticket_for(listeners, admin)
+    garbage = dataclasses.replace(ticket, ticket=os.urandom(32))
+    async with listeners.h3(admin, session_ticket=garbage) as client:
+        assert not client.session_resumed
+        assert (await _whoami(client))["user"] == "admin"
+    async with listeners.h3(None, session_ticket=garbage) as client:
+        assert not client.session_resumed
+        assert (await _whoami(client))["user"] is None
+    # A real ticket's name with a made-up secret fails the PSK binder check: refused outright.
+    stolen_name = dataclasses.replace(ticket, resumption_secret=os.urandom(32))
+    with pytest.raises(H3ConnectionError):
+        async with listeners.h3(None, session_ticket=stolen_name) as client:
+            await client.request("GET", "/whoami", timeout=3)
+    # The genuine ticket still resumes.
+    async with listeners.h3(admin, session_ticket=ticket) as client:
+        assert client.session_resumed
+
+
+async def test_h3_early_data_is_refused(listeners: Listeners, admin: Credentials) -> None:
+    (ticket,) = await _ticket_for(listeners, admin)
+    served = len(listeners.app.requests)
+    # A client that sends 0-RTT data although the ticket did not allow it is not served.
+    greedy = dataclasses.replace(ticket, max_early_data_size=0xFFFFFFFF)
+    client = listeners.h3(admin, session_ticket=greedy)
+    with pytest.raises(H3ConnectionError):
+        await client.connect()
+        await client.request("GET", "/early", timeout=3)
+    await client.close()
+    assert len(listeners.app.requests) == served
+
+
+async def test_h3_tickets_expire_and_can_be_revoked(
+    server_pki: ServerPKI, admin: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SessionTicketStore()
+    async with running(server_pki, tickets=store) as listeners:
+        (ticket,) = await _ticket_for(listeners, admin)
+        assert len(store) == 1
+        assert store.forget(Identity("admin", ("system:masters",))) == 1
+        async with listeners.h3(admin, session_ticket=ticket) as client:
+            assert not client.session_resumed
+            assert (await _whoami(client))["user"] == "admin"
+
+        (ticket,) = await _ticket_for(listeners, admin)
+        assert store.forget("someone-else") == 0
+        real_now = h3_server.time_now
+        monkeypatch.setattr(h3_server, "time_now", lambda: real_now() + 3601)
+        async with listeners.h3(admin, session_ticket=ticket) as client:
+            assert not client.session_resumed
+        monkeypatch.setattr(h3_server, "time_now", real_now)
+
+
+async def test_h3_ticket_never_outlives_the_certificate(
+    server_pki: ServerPKI, admin: Credentials, tmp_path: Path
+) -> None:
+    short = _write_pair(tmp_path, "alice", server_pki.ca.issue("alice", client=True, days=1))
+    async with running(server_pki, tickets=SessionTicketStore(lifetime=7 * 86400)) as listeners:
+        (ticket,) = await _ticket_for(listeners, short)
+        (longer,) = await _ticket_for(listeners, admin)
+    assert ticket.not_valid_after - ticket.not_valid_before <= datetime.timedelta(days=1)
+    assert longer.not_valid_after - longer.not_valid_before > datetime.timedelta(days=6)
+
+
+def test_ticket_store_is_bounded_per_certificate_and_in_all(
+    server_pki: ServerPKI, admin: Credentials, tmp_path: Path
+) -> None:
+    from cryptography import x509
+
+    def certificate(creds: Credentials) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(creds.cert.read_bytes())
+
+    alice = _write_pair(tmp_path, "alice", server_pki.ca.issue("alice", client=True))
+    store = SessionTicketStore(max_tickets=3, max_per_certificate=2)
+    future = h3_server.time_now() + 60
+    names = [os.urandom(32) for _ in range(5)]
+
+    def add(name: bytes, creds: Credentials, user: str) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        ticket = SessionTicket(
+            age_add=0,
+            cipher_suite=CipherSuite.AES_128_GCM_SHA256,
+            not_valid_after=now + datetime.timedelta(minutes=1),
+            not_valid_before=now,
+            resumption_secret=b"s" * 32,
+            server_name="x",
+            ticket=name,
+        )
+        store.add(ticket, Identity(user), certificate(creds), future)
+
+    for name in names[:3]:
+        add(name, admin, "admin")
+    # One certificate keeps only its newest tickets.
+    assert [store.lookup(n) is not None for n in names[:3]] == [False, True, True]
+    add(names[3], alice, "alice")
+    add(names[4], alice, "alice")
+    # Three in all: the oldest (admin's) went first.
+    assert len(store) == 3
+    assert [store.lookup(n) is not None for n in names] == [False, False, True, True, True]
+    assert store.forget("alice") == 2
+    assert len(store) == 1
 
 
 async def test_h3_offered_ticket_is_ignored_and_identity_still_checked(
