@@ -138,6 +138,11 @@ class Client:
         # Why HTTP/3 failed in `auto`, recorded once TCP has proved the server is up.
         self._h3_failure: str | None = None
 
+    @property
+    def resumed(self) -> bool:
+        """Whether the HTTP/3 connection resumed a session (False over TCP or before connecting)."""
+        return bool(getattr(self._transport, "resumed", False))
+
     # Choosing a transport
 
     def _connect(self) -> Transport:

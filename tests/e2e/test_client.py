@@ -269,10 +269,8 @@ def test_auto_prefers_h3(config: ClusterConfig, home: Path) -> None:
 
 
 def _h3_resumed(client: Client) -> bool:
-    transport = client._transport
-    assert transport is not None and transport.name == "h3"
-    resumed: bool = transport.resumed  # type: ignore[attr-defined]
-    return resumed
+    assert client.transport_used == "h3"
+    return client.resumed
 
 
 def test_h3_resumes_the_session_in_the_next_client(
@@ -295,7 +293,7 @@ def test_h3_resumes_the_session_in_the_next_client(
         "from hypermesh.client import Client, load_config\n"
         f"with Client(load_config({str(server.kubeconfig)!r}), transport='h3') as client:\n"
         "    status = client.request('GET', '/api/v1/namespaces').status\n"
-        "    print(status, client._transport.resumed)\n"
+        "    print(status, client.resumed)\n"
     )
     env = {**os.environ, "HYPERMESH_HOME": str(home)}
     result = subprocess.run(
