@@ -1,0 +1,35 @@
+"""The scheduler's decision core: plain Node and Instance dicts in, placement decisions out.
+
+Pure and self-contained (no I/O, no other HyperMesh imports) so that the scheduler controller,
+the node simulator and the benchmarks share one implementation. The pieces, in data-flow order:
+
+- `quantities`: "100m", "64Mi" -> exact integers in base units.
+- `selectors`, `instances`: an Instance dict -> a validated, hashable `InstanceSpec`.
+- `matrix`: `NodeMatrix`, every Node as a row of numpy columns, fed by the informers.
+- `filters`, `scoring`: boolean masks and float scores over all rows at once; `Policy`.
+- `preemption`: which lower-priority instances to evict when nothing fits.
+- `scheduler`: `Scheduler.decide` / `decide_batch` -> `Decision`.
+"""
+
+from hypermesh.scheduler.instances import InstanceSpec, parse_instance
+from hypermesh.scheduler.matrix import COST_LABEL, ZONE_LABEL, NodeMatrix
+from hypermesh.scheduler.quantities import QuantityError, format_quantity, to_base_units
+from hypermesh.scheduler.scheduler import Decision, Scheduler, explain
+from hypermesh.scheduler.scoring import Policy
+from hypermesh.scheduler.selectors import SpecError
+
+__all__ = [
+    "COST_LABEL",
+    "ZONE_LABEL",
+    "Decision",
+    "InstanceSpec",
+    "NodeMatrix",
+    "Policy",
+    "QuantityError",
+    "Scheduler",
+    "SpecError",
+    "explain",
+    "format_quantity",
+    "parse_instance",
+    "to_base_units",
+]
