@@ -1,0 +1,95 @@
+"""HyperMesh's controllers: the reconcilers that turn declared state into derived state.
+
+Each concern is one module built only on `hypermesh.operator` (and the client and resource
+models): `workloads` (Workload -> Instances, rollouts, revisions) and `gc` (ownerReferences ->
+cascading deletion). `build` wires them into operators that share one set of informers, so a
+process lists and watches each kind once however many controllers read it; each operator holds
+its own Lease, so the concerns can fail over independently.
+
+```python
+stop = asyncio.Event()
+await controllers.run_all(client, stop)   # until stop is set
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from controllers import gc, workloads
+from controllers.gc import GCSettings
+from controllers.kinds import INSTANCES, OwnerIndex
+from hypermesh.client.aio import AsyncClient
+from hypermesh.client.resources import Resource
+from hypermesh.operator import Informers, InformerSettings, LeaderSettings, Operator, Settings
+from hypermesh.operator.informer import Subscriber
+
+__all__ = ["ControllerSettings", "build", "run_all"]
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """What a controllers process runs and how; the defaults suit production."""
+
+    name: str = "hypermesh-controllers"
+    leader_election: bool = True
+    lease_namespace: str = "hypermesh-system"
+    # Empty: a host-and-process identity chosen by the elector.
+    identity: str = ""
+    informers: InformerSettings = field(default_factory=InformerSettings)
+    gc: GCSettings = field(default_factory=GCSettings)
+
+
+def build(client: AsyncClient, settings: ControllerSettings | None = None) -> list[Operator]:
+    """The operators of every controller, sharing one `Informers` (not started)."""
+    settings = settings or ControllerSettings()
+    informers = Informers(client, settings.informers)
+    index = OwnerIndex()
+    # One index of ownerReferences serves both the workloads controller and the collector.
+    for resource in {INSTANCES, *settings.gc.dependents}:
+        informers.get(resource).subscribe(_tracker(index, resource))
+
+    def operator(concern: str) -> Operator:
+        leader = (
+            LeaderSettings(
+                lease_name=f"{settings.name}-{concern}",
+                namespace=settings.lease_namespace,
+                identity=settings.identity,
+            )
+            if settings.leader_election
+            else None
+        )
+        return Operator(
+            client,
+            name=f"{settings.name}-{concern}",
+            settings=Settings(informers=settings.informers, leader=leader),
+            informers=informers,
+        )
+
+    workloads_op = operator("workloads")
+    workloads.setup(workloads_op, index)
+    gc_op = operator("gc")
+    gc.setup(gc_op, index, settings.gc)
+    return [workloads_op, gc_op]
+
+
+def _tracker(index: OwnerIndex, resource: Resource) -> Subscriber:
+    def track(event: str, obj: dict[str, Any]) -> None:
+        index.track(resource, event, obj)
+
+    return track
+
+
+async def run_all(
+    client: AsyncClient,
+    stop: asyncio.Event,
+    *,
+    leader_election: bool = True,
+    settings: ControllerSettings | None = None,
+) -> None:
+    """Run every controller until `stop` is set."""
+    settings = settings or ControllerSettings(leader_election=leader_election)
+    operators = build(client, settings)
+    await asyncio.gather(*(op.run(stop) for op in operators))

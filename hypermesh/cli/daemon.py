@@ -36,7 +36,7 @@ def server_url(host: str, port: int) -> str:
     return f"https://{connect}:{port}"
 
 
-async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = False) -> int:
+async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = False, controllers: bool = False) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
     from hypermesh.api.app import APIServer
     from hypermesh.api.compactor import CompactionPolicy
@@ -82,6 +82,13 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
         await tcp_ready.wait()
         await h3_ready.wait()
 
+    controllers_stop = asyncio.Event()
+    controllers_task: asyncio.Task[None] | None = None
+    if controllers:
+        from hypermesh.cli.controllers import start_in_process
+
+        controllers_task = start_in_process(app, controllers_stop)
+
     ready = loop.create_task(both_ready())
     done, _ = await asyncio.wait({ready, *tasks}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
@@ -101,6 +108,12 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
         if task in done and task.exception() is not None:
             log.error("listener %s failed: %s", task.get_name(), task.exception())
             code = 1
+    if controllers_task is not None:
+        controllers_stop.set()
+        try:
+            await asyncio.wait_for(controllers_task, 10)
+        except Exception as exc:  # a failed or slow controller must not block shutdown
+            log.error("controllers did not stop cleanly: %r", exc)
     # Drain: end watch streams first so the listeners' graceful shutdown does not wait on them.
     await app.stop()
     listeners_stop.set()
@@ -145,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("server", help="run the API server and state engine")
     p.add_argument("--data-dir", required=True, type=Path, help="where state, certificates and the admin kubeconfig live")
     p.add_argument("--listen", default="127.0.0.1:6443", type=_split_listen, help="HOST:PORT for HTTPS (TCP) and HTTP/3 (UDP)")
+    p.add_argument("--controllers", action="store_true", help="also run the controllers in this process (not yet the default)")
+
+    p = sub.add_parser("controllers", help="run the controllers against a server")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="the server and credentials (default: $KUBECONFIG)")
+    p.add_argument("--no-leader-election", action="store_true", help="act without holding the Lease (only one copy may run)")
 
     p = sub.add_parser("up", help="run the single-machine cluster in the foreground")
     p.add_argument("--listen", default="127.0.0.1:6443", type=_split_listen)
@@ -163,10 +181,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "server":
         host, port = args.listen
-        return _run(run_server(args.data_dir, host, port))
+        return _run(run_server(args.data_dir, host, port, controllers=args.controllers))
+    if args.command == "controllers":
+        from hypermesh.cli.controllers import run_standalone
+
+        return _run(run_standalone(args.kubeconfig, leader_election=not args.no_leader_election))
     if args.command == "up":
         host, port = args.listen
-        return _run(run_server(_home(), host, port, banner=True))
+        return _run(run_server(_home(), host, port, banner=True, controllers=True))
     if args.command == "backup":
         from hypermesh.store import backup
 

@@ -94,6 +94,7 @@ class Operator:
         *,
         finalizer: str | None = None,
         interval: float | None = None,
+        deleting: bool = False,
     ) -> None:
         informer = self.informer(resource)
         context = Context(
@@ -115,14 +116,18 @@ class Operator:
                 backoff=self.settings.backoff,
                 finalizer=finalizer,
                 interval=interval,
+                deleting=deleting,
             )
         )
 
-    def reconcile(self, resource: Resource) -> Callable[[Handler], Handler]:
-        """Register `async def fn(obj, ctx) -> Result | None` to converge each object."""
+    def reconcile(
+        self, resource: Resource, *, deleting: bool = False
+    ) -> Callable[[Handler], Handler]:
+        """Register `async def fn(obj, ctx) -> Result | None` to converge each object;
+        `deleting=True` also hands it objects that carry a deletionTimestamp."""
 
         def decorate(fn: Handler) -> Handler:
-            self._register("reconcile", resource, fn)
+            self._register("reconcile", resource, fn, deleting=deleting)
             return fn
 
         return decorate

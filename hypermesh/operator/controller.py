@@ -105,8 +105,12 @@ class Controller:
         backoff: Backoff,
         finalizer: str | None = None,
         interval: float | None = None,
+        deleting: bool = False,
     ) -> None:
         self.kind = kind
+        # A reconcile that also sees objects being deleted (the garbage collector acts on
+        # other components' finalizers, which the framework's own `delete` flavour cannot).
+        self.deleting = deleting
         self.resource = resource
         self.handler = handler
         self.informer = informer
@@ -144,7 +148,7 @@ class Controller:
         deleting = bool(obj["metadata"].get("deletionTimestamp"))
         if self.kind == "delete":
             return await self._finalize(obj, deleting)
-        if deleting:
+        if deleting and not self.deleting:
             return None
         result = await self.handler(obj, self.context)
         if self.kind == "timer":
