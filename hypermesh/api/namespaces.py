@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAMESPACES = ("default", "hypermesh-system", "kube-system")
+DEFAULT_NAMESPACES = ("default", "hypermesh-system", "kube-system", "hypermesh-node-lease")
 PROTECTED = frozenset(DEFAULT_NAMESPACES)
 SWEEP_INTERVAL = 0.5
 

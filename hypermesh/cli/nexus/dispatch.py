@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "version": "version",
     "config": "config",
     "completion": "completion",
+    "rollout": "rollout",
 }
 
 
@@ -196,6 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub.add_parser("current-context", help="print the current context", parents=[common])
     use = config_sub.add_parser("use-context", help="set the current context", parents=[common])
     use.add_argument("name", metavar="CONTEXT")
+
+    rollout = command("rollout", "Manage the rollout of a Workload: status, history, undo, restart.")
+    rollout_sub = rollout.add_subparsers(dest="rollout_command", metavar="SUBCOMMAND", required=True)
+    rollout_status = rollout_sub.add_parser("status", help="wait until the rollout finishes, printing progress", parents=[common])
+    rollout_status.add_argument("--timeout", type=parse_duration, default=0.0, help="give up after this long (default 0: wait for ever)")
+    rollout_status.add_argument("-w", "--watch", type=_bool_flag, nargs="?", const=True, default=True, help="keep watching until done (--watch=false: print the status once)")
+    rollout_history = rollout_sub.add_parser("history", help="list the remembered revisions", parents=[common])
+    rollout_history.add_argument("--revision", type=int, default=0, help="show the template of this revision")
+    rollout_undo = rollout_sub.add_parser("undo", help="roll back to the previous (or a given) revision", parents=[common])
+    rollout_undo.add_argument("--to-revision", type=int, default=0, help="the revision to roll back to (default: the previous one)")
+    rollout_sub.add_parser("restart", help="roll every Instance afresh with the same template", parents=[common])
+    for rollout_parser in rollout_sub.choices.values():
+        rollout_parser.add_argument("kind", metavar="KIND", help="workload (or KIND/NAME)")
+        rollout_parser.add_argument("names", metavar="NAME", nargs="*")
 
     completion = command("completion", "Print a shell completion script.")
     completion.add_argument("shell", choices=("bash", "zsh"))

@@ -18,7 +18,7 @@ FLAGS = (
     "--dry-run --force-conflicts --prune --wait --cascade --for --timeout --client --help"
 )
 KINDS = "workloads wl instances inst services svc nodes no certificates cert namespaces ns events secrets leases endpoints"
-KINDS_COMMANDS = "get describe delete wait watch explain"
+KINDS_COMMANDS = "get describe delete wait watch explain edit"
 
 # Prints the plural and short names found in cached discovery documents, one per line.
 CACHE_KINDS = (
