@@ -1,10 +1,12 @@
 """HyperMesh's controllers: the reconcilers that turn declared state into derived state.
 
 Each concern is one module built only on `hypermesh.operator` (and the client and resource
-models): `workloads` (Workload -> Instances, rollouts, revisions) and `gc` (ownerReferences ->
-cascading deletion). `build` wires them into operators that share one set of informers, so a
-process lists and watches each kind once however many controllers read it; each operator holds
-its own Lease, so the concerns can fail over independently.
+models): `workloads` (Workload -> Instances, rollouts, revisions), `gc` (ownerReferences ->
+cascading deletion), `scheduling` (pending Instance -> Node) and `nodes` (heartbeats ->
+Ready/Unknown, unreachable taints, eviction). `build` wires them into
+operators that share one set of informers, so a process lists and watches each kind once
+however many controllers read it; each operator holds its own Lease, so the concerns can fail
+over independently.
 
 ```python
 stop = asyncio.Event()
@@ -18,9 +20,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from controllers import gc, workloads
+from controllers import gc, nodes, scheduling, workloads
 from controllers.gc import GCSettings
 from controllers.kinds import INSTANCES, OwnerIndex
+from controllers.nodes import NodeSettings
+from controllers.scheduling import SchedulerSettings
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.resources import Resource
 from hypermesh.operator import Informers, InformerSettings, LeaderSettings, Operator, Settings
@@ -40,6 +44,8 @@ class ControllerSettings:
     identity: str = ""
     informers: InformerSettings = field(default_factory=InformerSettings)
     gc: GCSettings = field(default_factory=GCSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    nodes: NodeSettings = field(default_factory=NodeSettings)
 
 
 def build(client: AsyncClient, settings: ControllerSettings | None = None) -> list[Operator]:
@@ -51,7 +57,7 @@ def build(client: AsyncClient, settings: ControllerSettings | None = None) -> li
     for resource in {INSTANCES, *settings.gc.dependents}:
         informers.get(resource).subscribe(_tracker(index, resource))
 
-    def operator(concern: str) -> Operator:
+    def operator(concern: str, concurrency: int = 4) -> Operator:
         leader = (
             LeaderSettings(
                 lease_name=f"{settings.name}-{concern}",
@@ -64,6 +70,7 @@ def build(client: AsyncClient, settings: ControllerSettings | None = None) -> li
         return Operator(
             client,
             name=f"{settings.name}-{concern}",
+            concurrency=concurrency,
             settings=Settings(informers=settings.informers, leader=leader),
             informers=informers,
         )
@@ -72,7 +79,13 @@ def build(client: AsyncClient, settings: ControllerSettings | None = None) -> li
     workloads.setup(workloads_op, index)
     gc_op = operator("gc")
     gc.setup(gc_op, index, settings.gc)
-    return [workloads_op, gc_op]
+    # The scheduler's reconcile only sorts keys into its batches, so a few more workers keep
+    # a burst of thousands of new Instances from queueing behind each other.
+    scheduler_op = operator("scheduler", concurrency=8)
+    scheduling.setup(scheduler_op, settings.scheduler)
+    nodes_op = operator("nodes")
+    nodes.setup(nodes_op, settings.nodes)
+    return [workloads_op, gc_op, scheduler_op, nodes_op]
 
 
 def _tracker(index: OwnerIndex, resource: Resource) -> Subscriber:

@@ -164,6 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="the server and credentials (default: $KUBECONFIG)")
     p.add_argument("--no-leader-election", action="store_true", help="act without holding the Lease (only one copy may run)")
 
+    p = sub.add_parser("simulate-nodes", help="register hollow Nodes that heartbeat and report bound Instances Running")
+    p.add_argument("--count", type=int, required=True, help="how many Nodes (named sim-<i>)")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="the server and credentials (default: $KUBECONFIG)")
+    p.add_argument("--zones", type=int, default=3, help="spread the Nodes over zone-0 .. zone-<Z-1>")
+    p.add_argument("--cpu", default="8")
+    p.add_argument("--memory", default="32Gi")
+    p.add_argument("--pods", type=int, default=110)
+    p.add_argument("--prefix", default="sim", help="Node names are <prefix>-<i>")
+    p.add_argument("--cleanup", action="store_true", help="delete the Nodes on exit")
+
     p = sub.add_parser("up", help="run the single-machine cluster in the foreground")
     p.add_argument("--listen", default="127.0.0.1:6443", type=_split_listen)
 
@@ -186,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         from hypermesh.cli.controllers import run_standalone
 
         return _run(run_standalone(args.kubeconfig, leader_election=not args.no_leader_election))
+    if args.command == "simulate-nodes":
+        from hypermesh.cli.simulate import SimSettings, run_simulator
+
+        sim = SimSettings(count=args.count, zones=args.zones, cpu=args.cpu, memory=args.memory, pods=args.pods, prefix=args.prefix, cleanup=args.cleanup)
+        return _run(run_simulator(args.kubeconfig, sim))
     if args.command == "up":
         host, port = args.listen
         return _run(run_server(_home(), host, port, banner=True, controllers=True))
