@@ -309,6 +309,8 @@ class HypermeshServer:
                 str(self.data_dir),
                 "--listen",
                 f"127.0.0.1:{self.port}",
+                # The API figures are the API's own; controllers run separately where measured.
+                "--no-controllers",
             ],
             stdout=subprocess.PIPE,
             stderr=log,

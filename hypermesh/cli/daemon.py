@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("server", help="run the API server and state engine")
     p.add_argument("--data-dir", required=True, type=Path, help="where state, certificates and the admin kubeconfig live")
     p.add_argument("--listen", default="127.0.0.1:6443", type=_split_listen, help="HOST:PORT for HTTPS (TCP) and HTTP/3 (UDP)")
-    p.add_argument("--controllers", action="store_true", help="also run the controllers in this process (not yet the default)")
+    p.add_argument("--controllers", dest="controllers", action="store_true", default=True, help="run the controllers in this process (the default)")
+    p.add_argument("--no-controllers", dest="controllers", action="store_false", help="serve the API only (run `hypermesh controllers` elsewhere)")
 
     p = sub.add_parser("controllers", help="run the controllers against a server")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="the server and credentials (default: $KUBECONFIG)")

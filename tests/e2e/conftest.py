@@ -47,6 +47,7 @@ class Server:
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
     env: dict[str, str] | None = None
+    controllers: bool = False
 
     @property
     def kubeconfig(self) -> Path:
@@ -60,7 +61,9 @@ class Server:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "hypermesh"), "server", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"],
+            # The spine's tests assert what the API alone does; controller tests opt in.
+            [str(VENV_BIN / "hypermesh"), "server", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}",
+             *([] if self.controllers else ["--no-controllers"])],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
