@@ -25,6 +25,16 @@ WORKLOADS = Resource(
     short_names=("wl",),
     subresources=("status",),
 )
+NODES = Resource(
+    group="hypermesh.io",
+    version="v1",
+    kind="Node",
+    plural="nodes",
+    singular="node",
+    namespaced=False,
+    short_names=("no",),
+    subresources=("status",),
+)
 INSTANCES = Resource(
     group="hypermesh.io",
     version="v1",

@@ -36,10 +36,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from controllers.kinds import INSTANCES
+from controllers.kinds import INSTANCES, NODES
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.errors import ApiError
-from hypermesh.client.resources import Resource
 from hypermesh.operator import Context, Informers, Operator, Result, Settings
 from hypermesh.operator.conditions import get_condition
 from hypermesh.operator.controller import Controller
@@ -48,16 +47,6 @@ from hypermesh.operator.leader import LEASES, parse_micro_time
 
 log = logging.getLogger(__name__)
 
-NODES = Resource(
-    group="hypermesh.io",
-    version="v1",
-    kind="Node",
-    plural="nodes",
-    singular="node",
-    namespaced=False,
-    short_names=("no",),
-    subresources=("status",),
-)
 UNREACHABLE_TAINT = "hypermesh.io/unreachable"
 # Our own Ready reasons: only a condition we wrote is one we may take back.
 REASON_UNKNOWN = "NodeStatusUnknown"

@@ -37,9 +37,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from controllers.kinds import INSTANCES
+from controllers.kinds import INSTANCES, NODES
 from hypermesh.client.errors import ApiError, ClientError
-from hypermesh.client.resources import Resource
 from hypermesh.operator import Context, Operator, Result
 from hypermesh.operator.conditions import get_condition, set_condition
 from hypermesh.operator.controller import Controller
@@ -49,16 +48,6 @@ from hypermesh.scheduler.quantities import QuantityError
 
 log = logging.getLogger(__name__)
 
-NODES = Resource(
-    group="hypermesh.io",
-    version="v1",
-    kind="Node",
-    plural="nodes",
-    singular="node",
-    namespaced=False,
-    short_names=("no",),
-    subresources=("status",),
-)
 CONDITION = "Scheduled"
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from controllers.kinds import INSTANCES, NODES
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.errors import ApiError, ClientError
 from hypermesh.client.resources import Resource
@@ -36,24 +37,6 @@ from hypermesh.operator.leader import LEASES, format_micro_time
 
 log = logging.getLogger("hypermesh.simulate")
 
-NODES = Resource(
-    group="hypermesh.io",
-    version="v1",
-    kind="Node",
-    plural="nodes",
-    singular="node",
-    namespaced=False,
-    subresources=("status",),
-)
-INSTANCES = Resource(
-    group="hypermesh.io",
-    version="v1",
-    kind="Instance",
-    plural="instances",
-    singular="instance",
-    namespaced=True,
-    subresources=("status",),
-)
 NAMESPACES = Resource(
     group="", version="v1", kind="Namespace", plural="namespaces", singular="namespace",
     namespaced=False,
