@@ -10,10 +10,8 @@ Three deletion modes, as in Kubernetes:
 - orphan: the owner stays, with the `orphan` finalizer, until the collector has removed the
   owner's entry from every dependent's ownerReferences; the dependents live on.
 
-The gap: Kubernetes' API server turns `DELETE ...?propagationPolicy=Foreground|Orphan` into
-those finalizers. HyperMesh's API server does not do that yet, so today a client asks for
-foreground or orphan deletion by adding the finalizer itself and then deleting. This module
-implements the collector's half; the server's half belongs in hypermesh/api.
+The API server turns `DELETE ...` with `propagationPolicy: Foreground|Orphan` into those
+finalizers (as Kubernetes does); this module carries them out.
 
 An owner is "gone" only after a live GET says so (404, or the name now holds another uid): the
 informers of different kinds are not in step, so a dependent can be seen before its freshly

@@ -318,11 +318,12 @@ class ResourceAPI:
             options = load_body(raw, req.content_type, "delete options")
             if not isinstance(options, dict):
                 raise errors.bad_request("the delete options must be an object")
+        policy_finalizer = _propagation_finalizer(options)
         for _ in range(_MAX_RETRIES):
             old = await self.storage.get_required(rtype, namespace, name)
             _check_preconditions(rtype, old, options.get("preconditions"))
             try:
-                return await self._delete(rtype, old, dry_run=_dry_run(req))
+                return await self._delete(rtype, old, dry_run=_dry_run(req), finalizer=policy_finalizer)
             except errors.ApiError as exc:
                 if exc.reason == "Conflict" and not options.get("preconditions"):
                     continue
@@ -333,15 +334,21 @@ class ResourceAPI:
         """Delete `obj` as a user's DELETE would (finalizers honoured); for server sweeps."""
         return (await self._delete(rtype, obj, dry_run=False))[1]
 
-    async def _delete(self, rtype: ResourceType, old: dict[str, Any], *, dry_run: bool) -> tuple[int, dict[str, Any]]:
+    async def _delete(
+        self, rtype: ResourceType, old: dict[str, Any], *, dry_run: bool, finalizer: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Delete, or start deleting: with finalizers (or a propagation `finalizer` for the
+        garbage collector) the object only gets its deletionTimestamp."""
         meta = old["metadata"]
         redirected = await self.admission.before_delete(rtype, old, dry_run=dry_run)
         if redirected is not None:
             return 200, redirected
-        if meta.get("finalizers"):
+        if meta.get("finalizers") or finalizer:
             if meta.get("deletionTimestamp"):
                 return 200, old
             new = copy.deepcopy(old)
+            if finalizer and finalizer not in (new["metadata"].get("finalizers") or []):
+                new["metadata"]["finalizers"] = [*(new["metadata"].get("finalizers") or []), finalizer]
             new["metadata"]["deletionTimestamp"] = objects.now()
             new["metadata"]["deletionGracePeriodSeconds"] = 0
             if dry_run:
@@ -525,6 +532,21 @@ def _parse_rv(text: Any) -> int:
         return value
     except (TypeError, ValueError):
         raise errors.bad_request(f'invalid resourceVersion "{text}": must be a non-negative integer') from None
+
+
+def _propagation_finalizer(options: dict[str, Any]) -> str | None:
+    """The finalizer that hands a Foreground or Orphan delete to the garbage collector, as the
+    Kubernetes API server does (Background needs none: the collector sees the owner gone)."""
+    policy = options.get("propagationPolicy")
+    if policy is None and options.get("orphanDependents") is True:
+        policy = "Orphan"
+    if policy in (None, "Background"):
+        return None
+    if policy == "Foreground":
+        return "foregroundDeletion"
+    if policy == "Orphan":
+        return "orphan"
+    raise errors.bad_request(f'propagationPolicy: Unsupported value: "{policy}": supported values: "Background", "Foreground", "Orphan"')
 
 
 def _check_preconditions(rtype: ResourceType, obj: dict[str, Any], pre: Any) -> None:

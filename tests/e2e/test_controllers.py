@@ -427,8 +427,7 @@ async def test_orphan_deletion_keeps_instances_without_owner(client: AsyncClient
         return len(await instances(client, "orph")) == n
 
     await eventually(lambda: count(2))
-    # The API server does not yet turn propagationPolicy=Orphan into this finalizer: add it.
-    await client.patch(WORKLOADS, "orph", NS, {"metadata": {"finalizers": ["orphan"]}})
+    # The API server turns propagationPolicy=Orphan into the `orphan` finalizer.
     await client.delete(WORKLOADS, "orph", NS, propagation="Orphan")
 
     async def owner_gone() -> bool:
@@ -452,8 +451,8 @@ async def test_foreground_deletion_removes_dependents_before_owner(client: Async
         return len(await instances(client, "fg")) == n
 
     await eventually(lambda: count(2))
-    await client.patch(WORKLOADS, "fg", NS, {"metadata": {"finalizers": ["foregroundDeletion"]}})
-    await client.delete(WORKLOADS, "fg", NS, propagation="Foreground")
+    deleting = await client.delete(WORKLOADS, "fg", NS, propagation="Foreground")
+    assert "foregroundDeletion" in deleting["metadata"]["finalizers"]
 
     async def owner_gone() -> bool:
         try:
