@@ -318,6 +318,11 @@ class ResourceAPI:
             options = load_body(raw, req.content_type, "delete options")
             if not isinstance(options, dict):
                 raise errors.bad_request("the delete options must be an object")
+        # Delete options may come as query parameters too (the python client sends them so).
+        if "propagationPolicy" in req.query:
+            options.setdefault("propagationPolicy", req.query["propagationPolicy"])
+        if req.query.get("orphanDependents") in ("true", "false"):
+            options.setdefault("orphanDependents", req.query["orphanDependents"] == "true")
         policy_finalizer = _propagation_finalizer(options)
         for _ in range(_MAX_RETRIES):
             old = await self.storage.get_required(rtype, namespace, name)

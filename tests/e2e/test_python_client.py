@@ -213,3 +213,15 @@ def test_delete_collection_with_selector(custom: client.CustomObjectsApi, namesp
     custom.delete_collection_namespaced_custom_object(G, V, namespace, "workloads", label_selector="tier=x")
     left = custom.list_namespaced_custom_object(G, V, namespace, "workloads")["items"]
     assert [o["metadata"]["name"] for o in left] == ["c"]
+
+
+def test_propagation_policies_hand_the_delete_to_the_collector(custom: client.CustomObjectsApi, namespace: str) -> None:
+    for name, policy, finalizer in (("fg", "Foreground", "foregroundDeletion"), ("or", "Orphan", "orphan")):
+        custom.create_namespaced_custom_object(G, V, namespace, "workloads", workload(name))
+        deleting = custom.delete_namespaced_custom_object(G, V, namespace, "workloads", name, propagation_policy=policy)
+        # This server runs without controllers: the object waits, visibly, for the collector.
+        assert deleting["metadata"]["finalizers"] == [finalizer]
+        assert deleting["metadata"]["deletionTimestamp"]
+    with pytest.raises(ApiException) as exc:
+        custom.delete_namespaced_custom_object(G, V, namespace, "workloads", "fg", propagation_policy="Sideways")
+    assert exc.value.status == 400
