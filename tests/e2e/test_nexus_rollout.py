@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,37 +30,11 @@ NEXUS = str(VENV_BIN / "nexus")
 NS = "default"
 
 
-class ControllersServer(Server):
-    """A server process that also runs the controllers (`hypermesh server --controllers`)."""
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(
-            [
-                str(VENV_BIN / "hypermesh"), "server", "--controllers",
-                "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env={**os.environ, **(self.env or {})},
-        )
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.strip() == "ready":
-                return
-            if not line and self.proc.poll() is not None:
-                break
-        raise RuntimeError(f"server did not become ready; log:\n{self.log_path.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("hm-rollout")
-    srv = ControllersServer(base / "data", free_port())
+    # The controllers run inside the server (its default; the shared fixture turns them off).
+    srv = Server(base / "data", free_port(), controllers=True)
     srv.start()
     try:
         yield srv
