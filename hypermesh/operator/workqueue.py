@@ -17,7 +17,6 @@ not postpone an event that wants the key now.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -124,15 +123,24 @@ class WorkQueue:
         finally:
             for worker in workers:
                 worker.cancel()
-            for worker in workers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker
+            # Cancel again while any worker is still running (see `_work`).
+            pending = set(workers)
+            while pending:
+                _, pending = await asyncio.wait(pending, timeout=1.0)
+                for worker in pending:
+                    worker.cancel()
             for timer in self._delayed.values():
                 timer.cancel()
             self._delayed.clear()
 
     async def _work(self) -> None:
+        this = asyncio.current_task()
         while True:
+            # Python 3.11's asyncio.wait_for can swallow a cancellation that races with its
+            # inner result (fixed in 3.12); a handler built on it may then return normally.
+            # A cancellation requested of this worker still ends it here.
+            if this is not None and this.cancelling():
+                raise asyncio.CancelledError
             key = await self._ready.get()
             self._dirty.discard(key)
             self._running.add(key)
