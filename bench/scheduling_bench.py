@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psutil  # noqa: E402
 from _common import (  # noqa: E402
     HYPERMESH,
     HypermeshServer,
@@ -45,6 +46,7 @@ from _common import (  # noqa: E402
     machine_info,
     measurement,
     now_iso,
+    process_cpu_seconds,
     stop_process,
     wait_for_line,
 )
@@ -89,6 +91,29 @@ async def create_instances(client: AsyncClient, namespace: str, count: int, node
 
     await simulate.gather_bounded(range(count), create, CONCURRENCY)
     return time.perf_counter() - began
+
+
+class CpuMeter:
+    """CPU seconds each process spent during a phase, as a share of one core: the figure that
+    says which process limits an end-to-end rate on a 2-core machine."""
+
+    def __init__(self, processes: dict[str, psutil.Process]) -> None:
+        self.processes = processes
+        self.began = time.perf_counter()
+        self.start = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        # This process's children are the server and the controllers: count only its own time.
+        return {
+            name: sum(p.cpu_times()[:2]) if p.pid == os.getpid() else process_cpu_seconds(p)
+            for name, p in self.processes.items()
+        }
+
+    def shares(self) -> dict[str, float]:
+        """Per process: CPU seconds / wall seconds since the meter started (1.0 = one core)."""
+        wall = time.perf_counter() - self.began
+        end = self._sample()
+        return {name: round((end[name] - self.start[name]) / wall, 2) for name in end}
 
 
 class BoundCounter:
@@ -179,8 +204,13 @@ async def measure(server: HypermeshServer, args: argparse.Namespace) -> dict[str
             wait_for_line(proc, "ready", 60, server.tmp / "controllers.log")
             # Let the controllers list 5,000 Nodes and the raw Instances before the clock runs.
             await asyncio.sleep(3.0 if not args.quick else 1.5)
-            results.update(await workload_phase(client, args.replicas))
-            results.update(await bind_phase(client, args.instances))
+            processes = {
+                "server": server.process,
+                "controllers": psutil.Process(proc.pid),
+                "bench_client": psutil.Process(os.getpid()),
+            }
+            results.update(await workload_phase(client, args.replicas, processes))
+            results.update(await bind_phase(client, args.instances, processes))
         finally:
             stop_process(proc)
     finally:
@@ -188,7 +218,7 @@ async def measure(server: HypermeshServer, args: argparse.Namespace) -> dict[str
     return results
 
 
-async def workload_phase(client: AsyncClient, replicas: int) -> dict[str, Any]:
+async def workload_phase(client: AsyncClient, replicas: int, processes: dict[str, psutil.Process]) -> dict[str, Any]:
     body = {
         "apiVersion": "hypermesh.io/v1",
         "kind": "Workload",
@@ -203,18 +233,27 @@ async def workload_phase(client: AsyncClient, replicas: int) -> dict[str, Any]:
     }
     async with BoundCounter(client, "wl") as counter:
         began = time.perf_counter()
+        meter = CpuMeter(processes)
         await client.create(WORKLOADS, body, "wl")
         ok = await counter.wait(replicas, 120)
         seconds = (counter.last_bound - began) if ok else None
-    return {"workload_seconds": None if seconds is None else round(seconds, 3), "workload_replicas": replicas, "workload_bound": len(counter.bound)}
+        cpu = meter.shares()
+    return {
+        "workload_seconds": None if seconds is None else round(seconds, 3),
+        "workload_replicas": replicas,
+        "workload_bound": len(counter.bound),
+        "workload_cpu_cores": cpu,
+    }
 
 
-async def bind_phase(client: AsyncClient, count: int) -> dict[str, Any]:
+async def bind_phase(client: AsyncClient, count: int, processes: dict[str, psutil.Process]) -> dict[str, Any]:
     async with BoundCounter(client, "e2e") as counter:
         began = time.perf_counter()
+        meter = CpuMeter(processes)
         create_seconds = await create_instances(client, "e2e", count, node=None)
         ok = await counter.wait(count, 300)
         seconds = counter.last_bound - began
+        cpu = meter.shares()
     return {
         "bind_rate": round(len(counter.bound) / seconds) if seconds > 0 else None,
         "bind_instances": count,
@@ -222,6 +261,7 @@ async def bind_phase(client: AsyncClient, count: int) -> dict[str, Any]:
         "bind_all_bound": ok,
         "bind_seconds": round(seconds, 2),
         "bind_create_phase_rate": round(count / create_seconds),
+        "bind_cpu_cores": cpu,
     }
 
 

@@ -6,15 +6,19 @@ this module is the plumbing around them, and its trade-offs are about throughput
 - The matrix is fed by informer subscriptions, not by reconciles: every Node event upserts or
   removes a row and every Instance carrying `spec.nodeName` is bound (idempotently), whether or
   not this process leads, so a standby takes over with a warm matrix.
-- A reconcile per Instance only decides "is it pending?" and drops the key into an ordered
-  pending set; one flusher task drains that set in batches (`decide_batch`), because a batch of
-  a Workload's identical replicas evaluates all nodes once instead of once per replica. The
-  flusher waits `batch_window` seconds after the first key arrives (or until `batch_size` are
-  pending), so a burst of creates becomes a few large batches rather than many small ones.
-- Binds are merge patches carrying `metadata.resourceVersion` (the API server treats that as a
-  precondition, like a PUT), written `write_concurrency` at a time. The decision is "assumed"
-  into the matrix at once, so the next batch sees it before the write's watch event comes back;
-  a 409 or 404 releases the claim and the key is looked at again from the fresher cache.
+- A new pending Instance goes from its informer event straight into an ordered pending set
+  (no work-queue hop: at thousands per second the hop costs more than the decision). One
+  flusher task drains that set in batches (`decide_batch`), because a batch of a Workload's
+  identical replicas evaluates all nodes once instead of once per replica. The flusher waits
+  `batch_window` seconds after the first key arrives (or until `batch_size` are pending), so a
+  burst of creates becomes a few large batches rather than many small ones. The reconcile (fed
+  by the work queue) handles only retries and the resync when this process starts leading.
+- Binds are Bindings, `bind_batch` per request to the API server's batch form of the
+  `binding` subresource, each guarded by the resourceVersion the decision saw; the server
+  refuses to bind an Instance that already has a node, so a stale cache or a second scheduler
+  can never place one twice. The decision is "assumed" into the matrix at once, so the next
+  batch sees it before the watch event comes back; a 409 or 404 releases the claim and the key
+  is looked at again from the fresher cache.
 - An Instance that fits nowhere gets condition `Scheduled=False/Unschedulable` with the
   decision's per-reason node counts and a Warning Event, both written only when the message
   changes (a full cluster must not turn into a write storm). It is retried after a per-key
@@ -34,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,8 +65,9 @@ class SchedulerSettings:
     batch_window: float = 0.005
     # Decide at once when this many are pending, and never more than this many per batch.
     batch_size: int = 2000
-    # Bind writes in flight at once.
-    write_concurrency: int = 64
+    # Binding requests in flight at once, and Bindings per request.
+    write_concurrency: int = 8
+    bind_batch: int = 250
     # Unschedulable retry delays: base * 2**(attempt - 1), capped.
     retry_base: float = 1.0
     retry_cap: float = 60.0
@@ -100,7 +106,9 @@ class SchedulerController:
         self.instances = op.informer(INSTANCES)
         self.nodes.subscribe(self._on_node)
         self.instances.subscribe(self._on_instance)
-        op.reconcile(INSTANCES)(self.reconcile)
+        # Informer events feed `pending` in `_on_instance`; the queue only carries retries and
+        # the full resync when this process starts leading.
+        op.reconcile(INSTANCES, events=lambda _type, _obj: False)(self.reconcile)
         self.controller: Controller = op.controllers[-1]
         # Keys to decide, in arrival order (a dict is an ordered set).
         self.pending: dict[str, None] = {}
@@ -142,6 +150,18 @@ class SchedulerController:
             if key in self.matrix.bound:
                 self.matrix.unbind_key(key)
                 self._cluster_changed()
+            return
+        if not node:
+            # A new pending Instance goes straight into the next batch while this process
+            # leads; the reconcile path (a queue hop per key) only covers retries and relists.
+            if (
+                self.controller.queue is not None
+                and key not in self.binding
+                and key not in self.unschedulable
+                and _pending(obj)
+            ):
+                self.pending[key] = None
+                self._wake()
             return
         if node:
             if (obj.get("status") or {}).get("phase") in TERMINAL_PHASES:
@@ -230,39 +250,56 @@ class SchedulerController:
         by_key = {d.instance: d for d in decisions}
         loop = asyncio.get_running_loop()
         tasks = []
+        binds: list[tuple[dict[str, Any], str]] = []
         for key, obj in zip(keys, objects, strict=True):
             decision = by_key.get(key)
             if decision is None:
                 continue
             if decision.node:
                 self.binding.add(key)
-                tasks.append(loop.create_task(self._bind(obj, decision.node)))
+                binds.append((obj, decision.node))
             else:
                 tasks.append(loop.create_task(self._unschedulable(obj, decision)))
+        size = self.settings.bind_batch
+        for start in range(0, len(binds), size):
+            tasks.append(loop.create_task(self._bind(binds[start:start + size])))
         return tasks
 
-    async def _bind(self, obj: dict[str, Any], node: str) -> None:
-        meta = obj["metadata"]
-        key = object_key(obj)
-        patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "spec": {"nodeName": node}}
+    async def _bind(self, binds: list[tuple[dict[str, Any], str]]) -> None:
+        """One batch binding request; each item succeeds or fails on its own."""
+        request = [
+            (obj["metadata"].get("namespace") or "", obj["metadata"]["name"], node, obj["metadata"]["resourceVersion"])
+            for obj, node in binds
+        ]
+        answers: Sequence[dict[str, Any]]
         try:
             async with self._writes:
-                await self.op.client.patch(
-                    INSTANCES, meta["name"], meta.get("namespace"), patch, field_manager=self.op.name
-                )
+                answers = await self.op.client.bind_many(request)
         except (ApiError, ClientError) as exc:
-            # 409: the cache was behind (or another scheduler won); 404: it is gone. Either way
-            # release the claim; the watch brings the newer object and, if still pending, a retry.
-            self.matrix.unbind_key(key)
-            self.binding.discard(key)
-            self.stats["conflicts"] += 1
-            if not isinstance(exc, ApiError) or exc.status not in (404, 409):
-                log.warning("binding %s to %s failed: %s", key, node, exc)
-            if self.controller.queue is not None:
-                self.controller.queue.add(key, 0.05)
-            return
+            log.warning("binding %d instances failed: %s", len(binds), exc)
+            answers = [{"status": "Failure", "code": 0, "message": str(exc)}] * len(binds)
+        for (obj, node), answer in zip(binds, answers, strict=True):
+            if answer.get("status") == "Success":
+                await self._bound(obj, node)
+            else:
+                self._bind_failed(obj, node, answer)
+
+    def _bind_failed(self, obj: dict[str, Any], node: str, answer: dict[str, Any]) -> None:
+        # 409: the cache was behind (or another scheduler won); 404: it is gone. Either way
+        # release the claim; the watch brings the newer object and, if still pending, a retry.
+        key = object_key(obj)
+        self.matrix.unbind_key(key)
+        self.binding.discard(key)
+        self.stats["conflicts"] += 1
+        if answer.get("code") not in (404, 409):
+            log.warning("binding %s to %s failed: %s", key, node, answer.get("message"))
+        if self.controller.queue is not None:
+            self.controller.queue.add(key, 0.05)
+
+    async def _bound(self, obj: dict[str, Any], node: str) -> None:
         # `binding` keeps the key until the watch shows spec.nodeName, so a reconcile woken
         # meanwhile by the stale cache does not decide it a second time.
+        key = object_key(obj)
         self.stats["bound"] += 1
         if key in self.unschedulable or get_condition(obj, CONDITION):
             self.unschedulable.pop(key, None)

@@ -15,14 +15,14 @@ from typing import Any
 
 import orjson
 
-from hypermesh.api import discovery, errors, paths, tables
+from hypermesh.api import binding, discovery, errors, paths, tables
 from hypermesh.api.admission import Admission
 from hypermesh.api.compactor import CompactionPolicy, Compactor
 from hypermesh.api.customresources import CustomResources, hypermesh_crds
 from hypermesh.api.http import Receive, Request, Send, send_bytes, send_error, send_json
 from hypermesh.api.namespaces import Namespaces
 from hypermesh.api.openapi import OpenAPI
-from hypermesh.api.rest import ResourceAPI
+from hypermesh.api.rest import ResourceAPI, load_body
 from hypermesh.api.storage import ObjectStorage, Page
 from hypermesh.api.watch import WatchStream
 from hypermesh.api.watchcache import WatchCache
@@ -47,6 +47,7 @@ class APIServer:
         self.watchcache = WatchCache(store)
         self.admission = Admission(self.storage, self.registry)
         self.api = ResourceAPI(self.storage, self.admission)
+        self.binder = binding.Binder(self.storage, self.registry)
         self.namespaces = Namespaces(self.storage, self.registry, self.watchcache)
         self.namespaces.api = self.api
         self.crds = CustomResources(self.storage, self.registry, self.watchcache)
@@ -63,6 +64,7 @@ class APIServer:
             await self.crds.install(crd)
         await self.crds.load()
         await self.namespaces.ensure_defaults()
+        await self.admission.priorities.ensure_system_classes()
         self.compactor.start()
         self.ready = True
 
@@ -112,6 +114,12 @@ class APIServer:
             return
         if path in ("/api", "/api/", "/apis", "/apis/"):
             await self._discovery_root(req, send, core=path.startswith("/api/") or path == "/api")
+            return
+        if path == binding.BATCH_PATH:
+            if req.method != "POST":
+                raise errors.method_not_allowed("bindings are created with POST")
+            body = load_body(await req.body(), req.content_type)
+            await send_json(send, 200, await self.binder.bind_many(body))
             return
         target = paths.parse(path, self.registry)
         if target is None:
@@ -164,6 +172,12 @@ class APIServer:
     async def _resource(self, req: Request, send: Send, target: paths.Target) -> None:
         rtype, ns, name, sub = target.rtype, target.namespace, target.name, target.subresource
         method = req.method
+        if sub == "binding" and name is not None and ns is not None and binding.bindable(rtype):
+            if method != "POST":
+                raise errors.method_not_allowed("a binding is created with POST")
+            body = load_body(await req.body(), req.content_type)
+            await send_json(send, 201, await self.binder.bind(rtype, ns, name, body))
+            return
         if sub is not None and sub != "status":
             raise errors.ApiError(404, "NotFound", f'the server could not find the requested resource ({sub} subresource)')
         if sub == "status" and not rtype.has_status:

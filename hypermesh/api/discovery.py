@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from hypermesh.api.binding import bindable
 from hypermesh.resources.registry import Registry, ResourceType
 
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -107,6 +108,8 @@ class Discovery:
                 resources.append(entry)
                 if t.has_status:
                     resources.append({"name": f"{t.plural}/status", "singularName": "", "namespaced": t.namespaced, "kind": t.kind, "verbs": STATUS_VERBS})
+                if bindable(t):
+                    resources.append({"name": f"{t.plural}/binding", "singularName": "", "namespaced": t.namespaced, "kind": "Binding", "verbs": ["create"]})
             return {
                 "kind": "APIResourceList",
                 "apiVersion": "v1",
@@ -141,8 +144,13 @@ class Discovery:
                             entry["shortNames"] = list(t.short_names)
                         if t.categories:
                             entry["categories"] = list(t.categories)
+                        subresources = []
                         if t.has_status:
-                            entry["subresources"] = [{"subresource": "status", "responseKind": kind_ref, "verbs": STATUS_VERBS}]
+                            subresources.append({"subresource": "status", "responseKind": kind_ref, "verbs": STATUS_VERBS})
+                        if bindable(t):
+                            subresources.append({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]})
+                        if subresources:
+                            entry["subresources"] = subresources
                         resources.append(entry)
                     versions.append({"version": version, "resources": resources, "freshness": "Current"})
                 items.append({"metadata": {"name": group, "creationTimestamp": None}, "versions": versions})

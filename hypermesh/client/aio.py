@@ -592,6 +592,33 @@ class AsyncClient:
             field_manager=field_manager,
         )
 
+    async def bind(
+        self, res: Resource, name: str, namespace: str, node: str, *, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """POST a Binding to the object's `binding` subresource (409 if it is already bound)."""
+        return await self._json(
+            "POST", res.path(namespace, name, "binding"), body=binding_body(name, node, resource_version)
+        )
+
+    async def bind_many(
+        self, bindings: Sequence[tuple[str, str, str, str | None]]
+    ) -> Sequence[dict[str, Any]]:
+        """Bind many Instances in one request: (namespace, name, node, resourceVersion) each.
+
+        Returns one Status per binding, in order; a failed item (`status: Failure`, `code` 409
+        or 404) fails only itself."""
+        items = []
+        for namespace, name, node, rv in bindings:
+            item = binding_body(name, node, rv)
+            item["metadata"]["namespace"] = namespace
+            items.append(item)
+        body = {"apiVersion": "hypermesh.io/v1", "kind": "BindingList", "items": items}
+        answer = await self._json("POST", BINDINGS_PATH, body=body)
+        results = answer.get("items")
+        if not isinstance(results, list) or len(results) != len(items):
+            raise ClientError(f"{self.server}{BINDINGS_PATH} answered without one result per binding")
+        return results
+
     async def delete(
         self,
         res: Resource,
@@ -644,6 +671,18 @@ def resource_from_type(rtype: Any) -> Resource:
         short_names=tuple(rtype.short_names),
         subresources=("status",) if getattr(rtype, "has_status", False) else (),
     )
+
+
+# The API server's batch binding endpoint (hypermesh/api/binding.py).
+BINDINGS_PATH = "/apis/hypermesh.io/v1/bindings"
+
+
+def binding_body(name: str, node: str, resource_version: str | None = None) -> dict[str, Any]:
+    """A core v1 Binding of `name` to `node`, guarded by `resource_version` when given."""
+    meta: dict[str, Any] = {"name": name}
+    if resource_version:
+        meta["resourceVersion"] = resource_version
+    return {"apiVersion": "v1", "kind": "Binding", "metadata": meta, "target": {"kind": "Node", "name": node}}
 
 
 def _ns(res: Resource, namespace: str | None) -> str | None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.resources import Resource
 from hypermesh.operator.conditions import get_condition, set_condition
-from hypermesh.operator.controller import Context, Controller, Handler, HandlerKind, Result
+from hypermesh.operator.controller import Context, Controller, EventFilter, Handler, HandlerKind, Result
 from hypermesh.operator.events import EventRecorder
 from hypermesh.operator.informer import Informer, Informers, InformerSettings
 from hypermesh.operator.leader import LeaderElector, LeaderSettings
@@ -95,6 +95,7 @@ class Operator:
         finalizer: str | None = None,
         interval: float | None = None,
         deleting: bool = False,
+        events: EventFilter | None = None,
     ) -> None:
         informer = self.informer(resource)
         context = Context(
@@ -117,17 +118,21 @@ class Operator:
                 finalizer=finalizer,
                 interval=interval,
                 deleting=deleting,
+                events=events,
             )
         )
 
     def reconcile(
-        self, resource: Resource, *, deleting: bool = False
+        self, resource: Resource, *, deleting: bool = False, events: EventFilter | None = None
     ) -> Callable[[Handler], Handler]:
         """Register `async def fn(obj, ctx) -> Result | None` to converge each object;
-        `deleting=True` also hands it objects that carry a deletionTimestamp."""
+        `deleting=True` also hands it objects that carry a deletionTimestamp. `events(type,
+        obj)`, when given, says which informer events queue the key (a controller that reacts
+        to most events itself saves the queue hop); explicit `queue.add` and the full resync
+        when this process starts leading are not filtered."""
 
         def decorate(fn: Handler) -> Handler:
-            self._register("reconcile", resource, fn, deleting=deleting)
+            self._register("reconcile", resource, fn, deleting=deleting, events=events)
             return fn
 
         return decorate

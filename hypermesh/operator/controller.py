@@ -88,6 +88,8 @@ class Context:
 
 _report = conditions.report
 Handler = Callable[[dict[str, Any], Context], Awaitable[Result | None]]
+# Which informer events (type, object) should queue the object's key.
+EventFilter = Callable[[str, dict[str, Any]], bool]
 
 
 class Controller:
@@ -106,8 +108,10 @@ class Controller:
         finalizer: str | None = None,
         interval: float | None = None,
         deleting: bool = False,
+        events: EventFilter | None = None,
     ) -> None:
         self.kind = kind
+        self.events = events
         # A reconcile that also sees objects being deleted (the garbage collector acts on
         # other components' finalizers, which the framework's own `delete` flavour cannot).
         self.deleting = deleting
@@ -124,8 +128,8 @@ class Controller:
         self.name = f"{context.operator}/{resource.plural}/{name}"
         informer.subscribe(self._on_event)
 
-    def _on_event(self, _type: str, obj: dict[str, Any]) -> None:
-        if self.queue is not None:
+    def _on_event(self, type_: str, obj: dict[str, Any]) -> None:
+        if self.queue is not None and (self.events is None or self.events(type_, obj)):
             self.queue.add(_key(obj))
 
     def new_queue(self) -> WorkQueue:
@@ -194,4 +198,4 @@ def _key(obj: dict[str, Any]) -> str:
     return f"{namespace}/{meta['name']}" if namespace else str(meta["name"])
 
 
-__all__ = ["Context", "Controller", "Handler", "Result", "split_key"]
+__all__ = ["Context", "Controller", "EventFilter", "Handler", "Result", "split_key"]
