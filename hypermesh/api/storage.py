@@ -31,19 +31,28 @@ _META_OPEN = b'{"metadata":{'
 
 def decode(kv: KeyValue) -> dict[str, Any]:
     """The stored object with its resourceVersion filled in."""
-    obj: dict[str, Any] = orjson.loads(kv.value)
-    obj["metadata"]["resourceVersion"] = str(kv.mod_revision)
+    return decode_at(kv.value, kv.mod_revision)
+
+
+def decode_at(value: bytes, revision: int) -> dict[str, Any]:
+    """Stored JSON decoded, with `revision` as its resourceVersion."""
+    obj: dict[str, Any] = orjson.loads(value)
+    obj["metadata"]["resourceVersion"] = str(revision)
     return obj
 
 
 def raw(kv: KeyValue) -> bytes:
     """The stored object's JSON with its resourceVersion spliced in, without decoding it."""
-    value = kv.value
+    return raw_at(kv.value, kv.mod_revision)
+
+
+def raw_at(value: bytes, revision: int) -> bytes:
+    """Stored JSON with `revision` spliced in as its resourceVersion."""
     if value.startswith(_META_OPEN):
         rest = value[len(_META_OPEN):]
         separator = b"" if rest[:1] == b"}" else b","
-        return b'{"metadata":{"resourceVersion":"%d"%s%s' % (kv.mod_revision, separator, rest)
-    return orjson.dumps(decode(kv))
+        return b'{"metadata":{"resourceVersion":"%d"%s%s' % (revision, separator, rest)
+    return orjson.dumps(decode_at(value, revision))
 
 
 def encode(obj: dict[str, Any]) -> bytes:

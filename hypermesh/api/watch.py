@@ -66,6 +66,7 @@ class WatchStream:
         self.matches: Callable[[dict[str, Any]], bool] = matches
         # Whether anything beyond the namespace filters (the namespace is the key prefix).
         self.filtered = labels is not None or fields is not None
+        self.key_prefix = rtype.key_prefix(namespace)
         self.bookmarks = req.flag("allowWatchBookmarks")
         self.sent_revision = 0
 
@@ -214,8 +215,14 @@ class WatchStream:
         if event.revision <= self.sent_revision:
             return None  # already covered by the initial state or the backlog
         self.sent_revision = event.revision
-        now = self.matches(event.obj)
-        before = event.prev is not None and self.matches(event.prev)
+        if self.filtered or self.table:
+            now = self.matches(event.obj)
+            prev = event.prev
+            before = prev is not None and self.matches(prev)
+        else:
+            # Only the namespace can filter, and the key says it: no decode needed.
+            now = event.key.startswith(self.key_prefix)
+            before = now and event.has_prev
         if event.type == "ADDED":
             kind = "ADDED" if now else None
         elif event.type == "DELETED":
@@ -230,6 +237,8 @@ class WatchStream:
             kind = None
         if kind is None:
             return None
+        if not self.table:
+            return event.raw_line(kind)
         key = (self.table, kind)
         line = event.lines.get(key)
         if line is None:
