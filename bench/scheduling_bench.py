@@ -55,6 +55,7 @@ from controllers.kinds import WORKLOADS  # noqa: E402
 from hypermesh.cli import simulate  # noqa: E402
 from hypermesh.client.aio import AsyncClient  # noqa: E402
 from hypermesh.client.config import load_config  # noqa: E402
+from hypermesh.operator.bounded import gather_bounded  # noqa: E402
 
 TARGET_WORKLOAD_S = 2.0
 TARGET_RATE = 2_000.0
@@ -89,7 +90,7 @@ async def create_instances(client: AsyncClient, namespace: str, count: int, node
     async def create(i: int) -> None:
         await client.create(simulate.INSTANCES, instance(f"i-{i}", namespace, node), namespace)
 
-    await simulate.gather_bounded(range(count), create, CONCURRENCY)
+    await gather_bounded(range(count), create, CONCURRENCY)
     return time.perf_counter() - began
 
 

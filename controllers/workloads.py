@@ -24,7 +24,6 @@ here a paused Workload neither scales nor rolls).
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import secrets
@@ -40,6 +39,7 @@ from controllers import rollout
 from controllers.kinds import INSTANCES, WORKLOADS, OwnerIndex, controller_of
 from hypermesh.client.errors import ApiError
 from hypermesh.operator import Context, Operator, Result
+from hypermesh.operator.bounded import run_bounded
 from hypermesh.operator.controller import Controller
 from hypermesh.operator.informer import object_key
 
@@ -53,7 +53,7 @@ _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 # An expectation not met within this many seconds is dropped (the watch lost the event).
 _EXPECTATION_TTL = 30.0
 # Writes of one step go out this many at a time.
-_BATCH = 32
+_CONCURRENCY = 64
 # Events per step beyond which one summary Event is recorded instead of one per Instance.
 _EVENTS_PER_STEP = 10
 
@@ -261,8 +261,7 @@ class WorkloadController:
 
         jobs = [delete_one(i) for i in plan.delete] + [create_one() for _ in range(plan.create)]
         try:
-            for start in range(0, len(jobs), _BATCH):
-                await asyncio.gather(*jobs[start : start + _BATCH])
+            await run_bounded(jobs, _CONCURRENCY)
         finally:
             await self._record_events(workload, ctx, created, deleted)
 

@@ -22,7 +22,6 @@ import contextlib
 import ipaddress
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -31,6 +30,7 @@ from controllers.kinds import INSTANCES, NODES
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.errors import ApiError, ClientError
 from hypermesh.client.resources import Resource
+from hypermesh.operator.bounded import gather_bounded
 from hypermesh.operator.conditions import set_condition
 from hypermesh.operator.informer import Informer, InformerSettings, object_key
 from hypermesh.operator.leader import LEASES, format_micro_time
@@ -117,20 +117,6 @@ def node_object(index: int, settings: SimSettings) -> dict[str, Any]:
 
 def _node_network(index: int) -> ipaddress.IPv6Network:
     return ipaddress.IPv6Network((int(_BASE_NETWORK.network_address) + (index << 64), 64))
-
-
-async def gather_bounded(
-    items: Iterable[T], fn: Callable[[T], Awaitable[None]], concurrency: int
-) -> None:
-    """Run `fn` over `items` with at most `concurrency` in flight (a fixed pool of workers,
-    so 5,000 items do not become 5,000 pending tasks)."""
-    iterator = iter(items)
-
-    async def worker() -> None:
-        for item in iterator:
-            await fn(item)
-
-    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
 
 
 async def ensure_namespace(client: AsyncClient, name: str) -> None:

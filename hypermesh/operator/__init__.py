@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.resources import Resource
 from hypermesh.operator.conditions import get_condition, set_condition
-from hypermesh.operator.controller import Context, Controller, EventFilter, Handler, HandlerKind, Result
+from hypermesh.operator.controller import (
+    Context,
+    Controller,
+    EventFilter,
+    Handler,
+    HandlerKind,
+    Result,
+)
 from hypermesh.operator.events import EventRecorder
 from hypermesh.operator.informer import Informer, Informers, InformerSettings
 from hypermesh.operator.leader import LeaderElector, LeaderSettings
