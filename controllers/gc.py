@@ -60,7 +60,9 @@ class GarbageCollector:
         self._dependent_controllers: dict[Resource, Controller] = {}
         self._owner_controllers: dict[Resource, Controller] = {}
         for resource in settings.dependents:
-            op.reconcile(resource)(self.collect)
+            # Only an object with owners can be orphaned: thousands of owner-less Instance
+            # events a second need no trip through the queue.
+            op.reconcile(resource, events=lambda _type, obj: bool(owner_references(obj)))(self.collect)
             self._dependent_controllers[resource] = op.controllers[-1]
             op.informer(resource).subscribe(self._on_dependent)
         for resource in settings.owners:
@@ -76,8 +78,12 @@ class GarbageCollector:
         for ref in owner_references(obj):
             resource = self.owners.get((ref.get("apiVersion", ""), ref.get("kind", "")))
             controller = self._owner_controllers.get(resource) if resource else None
-            if controller is not None and controller.queue is not None and resource is not None:
-                name = ref.get("name", "")
+            if controller is None or controller.queue is None or resource is None:
+                continue
+            # Only an owner being deleted waits for its dependents; a live one needs no look.
+            name = str(ref.get("name", ""))
+            owner = self.op.informer(resource).get(name, namespace if resource.namespaced else None)
+            if owner is not None and owner["metadata"].get("deletionTimestamp"):
                 controller.queue.add(f"{namespace}/{name}" if resource.namespaced else name)
 
     def _on_owner(self, event: str, obj: dict[str, Any]) -> None:
