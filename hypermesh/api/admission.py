@@ -8,7 +8,9 @@ Kubernetes clients rely on, and it lives here so the verb code stays generic:
 - a Workload's `selector` defaults to its template's labels (a label naming the Workload when
   the template has none) and must select them;
 - Namespaces get `status.phase` and terminate by emptying themselves (see namespaces.py);
-- CustomResourceDefinitions register and unregister kinds (see customresources.py).
+- CustomResourceDefinitions register and unregister kinds (see customresources.py);
+- PriorityClasses follow Kubernetes' rules, and a new Instance gets its `spec.priority` from
+  the class it names or the global default (see priorities.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import base64
 from typing import TYPE_CHECKING, Any
 
 from hypermesh.api import errors, selectors
+from hypermesh.api.priorities import PriorityClasses
 from hypermesh.api.storage import ObjectStorage
 from hypermesh.resources.registry import Registry, ResourceType
 
@@ -60,6 +63,7 @@ class Admission:
         # Wired by the server after construction (they need the verb layer themselves).
         self.namespaces: Namespaces | None = None
         self.crds: CustomResources | None = None
+        self.priorities = PriorityClasses(storage, registry)
 
     async def check_namespace_open(self, namespace: str) -> None:
         assert self.namespaces is not None
@@ -90,10 +94,16 @@ class Admission:
             return self.crds.validate(old, new)
         if _is(rtype, "hypermesh.io", "Workload"):
             return _workload_causes(old, new)
+        if _is(rtype, "scheduling.k8s.io", "PriorityClass"):
+            return self.priorities.validate(old, new)
         return []
 
     async def before_write(self, rtype: ResourceType, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-        if _is(rtype, "", "Secret"):
+        if _is(rtype, "hypermesh.io", "Instance"):
+            await self.priorities.admit_instance(rtype, old, new)
+        elif _is(rtype, "scheduling.k8s.io", "PriorityClass"):
+            await self.priorities.admit_class(old, new)
+        elif _is(rtype, "", "Secret"):
             string_data = new.pop("stringData", None)
             if isinstance(string_data, dict):
                 data = new.setdefault("data", {})
@@ -108,11 +118,15 @@ class Admission:
     async def after_write(self, rtype: ResourceType, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if _is(rtype, "apiextensions.k8s.io", "CustomResourceDefinition") and self.crds is not None:
             await self.crds.changed(old, new)
+        elif _is(rtype, "scheduling.k8s.io", "PriorityClass"):
+            self.priorities.observe(old, new)
 
     async def before_delete(self, rtype: ResourceType, obj: dict[str, Any], *, dry_run: bool) -> dict[str, Any] | None:
         """A replacement answer when the kind deletes in its own way, else None."""
         if _is(rtype, "", "Namespace") and self.namespaces is not None:
             return await self.namespaces.delete(obj, dry_run=dry_run)
+        if _is(rtype, "scheduling.k8s.io", "PriorityClass"):
+            self.priorities.check_delete(obj)
         if _is(rtype, "apiextensions.k8s.io", "CustomResourceDefinition") and self.crds is not None and not dry_run:
             await self.crds.delete_objects(obj)
         return None

@@ -9,8 +9,11 @@ Lease cannot both win: the second PUT gets 409.
 
 A leader that cannot renew steps down before its lease runs out (after `renew_deadline`,
 shorter than the duration), so it has stopped acting before anyone else may start: the gap
-between leaders is the price of never having two. Clocks are compared across machines, as in
-Kubernetes; keep them in sync.
+between leaders is the price of never having two. That holds only if every renewal attempt is
+cut off at the deadline, because a stalled connection fails by never answering. Expiry compares
+the holder's `renewTime` with the candidate's clock, so clocks across machines must agree
+(client-go instead times expiry from when it last saw the record change, which needs no such
+agreement).
 """
 
 from __future__ import annotations
@@ -47,7 +50,10 @@ class LeaderSettings:
     lease_name: str
     namespace: str = "hypermesh-system"
     identity: str = ""
-    lease_duration: float = 15.0
+    # 12 s, not client-go's 15 s: a candidate takes an expired Lease at its next retry, so a
+    # dead leader is replaced at most duration + renew_interval after its last renewal, and
+    # HyperMesh promises a takeover within 15 s.
+    lease_duration: float = 12.0
     renew_interval: float = 2.0
     # A leader that has not renewed for this long steps down (default: 2/3 of the duration).
     renew_deadline: float | None = None
@@ -92,16 +98,34 @@ class LeaderElector:
     async def run(self) -> None:
         """Campaign and renew until cancelled; releases the Lease on the way out if leading."""
         loop = asyncio.get_running_loop()
+        this = asyncio.current_task()
         try:
             while True:
+                # Python 3.11's wait_for (the client uses it) can swallow a cancellation that
+                # races with a response; the elector would then renew forever for a process
+                # that has stopped acting. A cancellation asked of this task ends it here.
+                if this is not None and this.cancelling():
+                    raise asyncio.CancelledError
+                # The Lease's renewTime is taken when the attempt starts, so the deadline
+                # counts from there, and an attempt may not run past it: a stalled connection
+                # raises nothing, and waiting on it would keep this process acting after its
+                # Lease expired and another candidate took it.
+                started = loop.time()
+                budget = self.renew_deadline
+                if self.leading.is_set():
+                    budget = max(0.0, self._last_renew + self.renew_deadline - started)
+                held: bool | None
                 try:
-                    held = await self._try_acquire_or_renew()
+                    held = await asyncio.wait_for(self._try_acquire_or_renew(), budget)
+                except TimeoutError:
+                    log.warning("lease %s: no answer in %.1f s", self.settings.lease_name, budget)
+                    held = False if self.leading.is_set() else None  # the deadline has passed
                 except ClientError as exc:
                     log.warning("lease %s: %s", self.settings.lease_name, exc)
                     held = None  # unknown: keep leading only until the renew deadline
                 now = loop.time()
                 if held:
-                    self._last_renew = now
+                    self._last_renew = started
                     if not self.leading.is_set():
                         log.info("%s became leader of %s", self.identity, self.settings.lease_name)
                         self._set(True)
@@ -115,8 +139,10 @@ class LeaderElector:
             was_leading = self.leading.is_set()
             self._set(False)
             if was_leading and self.settings.release_on_stop:
+                # Bounded: a process told to stop must not hang on a server that does not
+                # answer; an unreleased Lease only costs the successor its expiry.
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._release())
+                    await asyncio.shield(asyncio.wait_for(self._release(), self.renew_deadline))
 
     def _set(self, leading: bool) -> None:
         if leading:

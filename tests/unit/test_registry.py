@@ -61,6 +61,7 @@ def test_builtin_types_are_the_served_kinds() -> None:
         ("", "v1", "Event"),
         ("", "v1", "Secret"),
         ("coordination.k8s.io", "v1", "Lease"),
+        ("scheduling.k8s.io", "v1", "PriorityClass"),
         ("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
         ("hypermesh.io", "v1", "Node"),
         ("hypermesh.io", "v1", "Workload"),
@@ -71,9 +72,9 @@ def test_builtin_types_are_the_served_kinds() -> None:
         ("hypermesh.io", "v1", "GitSync"),
     }
     cluster_scoped = {t.kind for t in found.values() if not t.namespaced}
-    assert cluster_scoped == {"Namespace", "CustomResourceDefinition", "Node"}
+    assert cluster_scoped == {"Namespace", "CustomResourceDefinition", "Node", "PriorityClass"}
     without_status = {t.kind for t in found.values() if not t.has_status}
-    assert without_status == {"Event", "Secret", "Lease"}
+    assert without_status == {"Event", "Secret", "Lease", "PriorityClass"}
     workload = found[("hypermesh.io", "v1", "Workload")]
     assert (workload.plural, workload.singular, workload.list_kind) == (
         "workloads",
