@@ -54,6 +54,8 @@ _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _EXPECTATION_TTL = 30.0
 # Writes of one step go out this many at a time.
 _CONCURRENCY = 64
+# Seconds Instance events wait for others of the same Workload before its reconcile runs.
+_COALESCE = 0.1
 # Events per step beyond which one summary Event is recorded instead of one per Instance.
 _EVENTS_PER_STEP = 10
 
@@ -88,7 +90,10 @@ class WorkloadController:
         queue = self.controller.queue
         if ref is None or ref.get("kind") != WORKLOADS.kind or queue is None:
             return
-        queue.add(f"{obj['metadata'].get('namespace')}/{ref.get('name')}")
+        # After a short delay, so a burst of replica events (a thousand Instances created and
+        # bound within a second) costs a few reconciles of the Workload, not one per event:
+        # each one reads every replica.
+        queue.add(f"{obj['metadata'].get('namespace')}/{ref.get('name')}", _COALESCE)
 
     # Reading the current state
 
