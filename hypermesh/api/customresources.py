@@ -22,7 +22,7 @@ from hypermesh.resources.registry import CRD_DIR, CRDError, Registry, ResourceTy
 log = logging.getLogger(__name__)
 
 # Groups whose kinds the server defines itself; a CRD may not take them over.
-RESERVED_GROUPS = frozenset({"", "apiextensions.k8s.io", "coordination.k8s.io", "meta.k8s.io", "apidiscovery.k8s.io"})
+RESERVED_GROUPS = frozenset({"", "apiextensions.k8s.io", "coordination.k8s.io", "scheduling.k8s.io", "meta.k8s.io", "apidiscovery.k8s.io"})
 
 
 def hypermesh_crds() -> list[dict[str, Any]]:

@@ -222,7 +222,7 @@ class ResourceAPI:
 
     async def patch(self, rtype: ResourceType, namespace: str | None, name: str, subresource: str | None, req: Request) -> tuple[int, dict[str, Any], list[str]]:
         kind = PATCH_TYPES.get(req.content_type)
-        if kind is None or kind == "strategic" and rtype.group != "" or kind == "apply-cbor":
+        if kind is None or kind == "strategic" and rtype.group not in strategic.BUILTIN_GROUPS or kind == "apply-cbor":
             raise errors.unsupported_media_type(
                 "the body of the request was in an unknown format - accepted media types include: "
                 "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"

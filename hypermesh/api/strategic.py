@@ -1,8 +1,9 @@
-"""Strategic merge patch, for the built-in core kinds only.
+"""Strategic merge patch, for the built-in Kubernetes kinds only.
 
-kubectl knows the core kinds (Namespace, Secret, Event) from its own scheme, so a client-side
-`kubectl apply` or a plain `kubectl patch` of them sends a strategic merge patch, not a JSON
-merge patch. For custom kinds the server answers 415, as Kubernetes does for CRDs. The core kinds
+kubectl knows the Kubernetes kinds (Namespace, Secret, Event, Lease, PriorityClass, CRDs) from
+its own scheme, so a client-side `kubectl apply` or a plain `kubectl patch` of them sends a
+strategic merge patch, not a JSON merge patch. For custom kinds (HyperMesh's own are CRDs) the
+server answers 415, as Kubernetes does for CRDs. The core kinds
 HyperMesh serves have almost no merge-keyed lists, so this is a JSON merge patch that also
 understands the directives kubectl emits (`$patch`, `$retainKeys`, `$setElementOrder/...`,
 `$deleteFromPrimitiveList/...`) and the two merge-strategy lists of ObjectMeta: `finalizers`
@@ -15,6 +16,10 @@ import copy
 from typing import Any
 
 from hypermesh.api.patching import PatchError
+
+# The groups of the built-in kinds kubectl sends strategic merge patches for; no CRD may claim
+# them (customresources.RESERVED_GROUPS).
+BUILTIN_GROUPS = frozenset({"", "coordination.k8s.io", "scheduling.k8s.io", "apiextensions.k8s.io"})
 
 # Lists merged rather than replaced, by path, with their merge key (None: a set of scalars).
 _MERGE_LISTS: dict[tuple[str, ...], str | None] = {

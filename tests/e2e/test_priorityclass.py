@@ -112,3 +112,15 @@ def test_an_unknown_class_is_forbidden_and_nothing_is_stored(
     missing = server.kubectl("get", "-n", namespace, "instance", "ghost", check=False)
     assert missing.returncode != 0 and "NotFound" in missing.stderr
     assert server.kubectl("get", "-n", namespace, "instances", "-o", "name").stdout.strip() == ""
+
+
+def test_kubectl_apply_of_a_changed_class_patches_it(server: Server) -> None:
+    # kubectl knows PriorityClass from its own scheme, so re-applying a changed file sends a
+    # strategic merge patch; the server must take it like any built-in kind.
+    doc = HIGH.replace("e2e-high", "e2e-apply")
+    server.kubectl("apply", "-f", "-", input=doc)
+    server.kubectl("apply", "-f", "-", input=doc.replace("For the e2e test's important Instances.", "Changed."))
+    assert server.kubectl_json("get", "priorityclass", "e2e-apply")["description"] == "Changed."
+    server.kubectl("patch", "priorityclass", "e2e-apply", "-p", '{"description": "Patched."}')
+    assert server.kubectl_json("get", "priorityclass", "e2e-apply")["description"] == "Patched."
+    server.kubectl("delete", "priorityclass", "e2e-apply")
