@@ -19,6 +19,7 @@ from hypermesh.api import binding, discovery, errors, paths, tables
 from hypermesh.api.admission import Admission
 from hypermesh.api.compactor import CompactionPolicy, Compactor
 from hypermesh.api.customresources import CustomResources, hypermesh_crds
+from hypermesh.api.eventttl import DEFAULT_TTL, EventExpiry
 from hypermesh.api.http import Receive, Request, Send, send_bytes, send_error, send_json
 from hypermesh.api.namespaces import Namespaces
 from hypermesh.api.openapi import OpenAPI
@@ -37,7 +38,7 @@ PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/version"})
 class APIServer:
     """The Kubernetes-compatible API over one state engine."""
 
-    def __init__(self, store: Store, *, compaction: CompactionPolicy | None = None) -> None:
+    def __init__(self, store: Store, *, compaction: CompactionPolicy | None = None, event_ttl: float = DEFAULT_TTL) -> None:
         self.store = store
         self.compactor = Compactor(store, compaction or CompactionPolicy())
         self.registry = Registry()
@@ -53,6 +54,7 @@ class APIServer:
         self.crds = CustomResources(self.storage, self.registry, self.watchcache)
         self.admission.namespaces = self.namespaces
         self.admission.crds = self.crds
+        self.event_expiry = EventExpiry(self.storage, self.registry, event_ttl)
         self.discovery = discovery.Discovery(self.registry)
         self.openapi = OpenAPI(self.registry)
         self.shutdown = asyncio.Event()
@@ -66,6 +68,7 @@ class APIServer:
         await self.namespaces.ensure_defaults()
         await self.admission.priorities.ensure_system_classes()
         self.compactor.start()
+        self.event_expiry.start()
         self.ready = True
 
     async def stop(self) -> None:
@@ -73,6 +76,7 @@ class APIServer:
         self.ready = False
         self.shutdown.set()
         await self.compactor.stop()
+        await self.event_expiry.stop()
         await self.namespaces.stop()
         await self.watchcache.stop()
 

@@ -29,6 +29,21 @@ def _split_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(text: str) -> float:
+    """`90`, `90s`, `15m` or `1h` as seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration such as 3600, 90m or 1h") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
+    return value
+
+
 def server_url(host: str, port: int) -> str:
     connect = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     if ":" in connect:
@@ -36,7 +51,7 @@ def server_url(host: str, port: int) -> str:
     return f"https://{connect}:{port}"
 
 
-async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = False, controllers: bool = False) -> int:
+async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = False, controllers: bool = False, event_ttl: float = 3600.0) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
     from hypermesh.api.app import APIServer
     from hypermesh.api.compactor import CompactionPolicy
@@ -61,7 +76,7 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
         interval=float(os.environ.get("HYPERMESH_COMPACT_INTERVAL", "300")),
         min_history=int(os.environ.get("HYPERMESH_COMPACT_MIN_HISTORY", "1000")),
     )
-    app = APIServer(store, compaction=policy)
+    app = APIServer(store, compaction=policy, event_ttl=event_ttl)
     await app.start()
     tune_gc()
 
@@ -160,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen", default="127.0.0.1:6443", type=_split_listen, help="HOST:PORT for HTTPS (TCP) and HTTP/3 (UDP)")
     p.add_argument("--controllers", dest="controllers", action="store_true", default=True, help="run the controllers in this process (the default)")
     p.add_argument("--no-controllers", dest="controllers", action="store_false", help="serve the API only (run `hypermesh controllers` elsewhere)")
+    p.add_argument("--event-ttl", type=_seconds, default=3600.0, help="delete Events this long after they last happened: 3600, 90m, 1h (0 keeps them)")
 
     p = sub.add_parser("controllers", help="run the controllers against a server")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="the server and credentials (default: $KUBECONFIG)")
@@ -192,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "server":
         host, port = args.listen
-        return _run(run_server(args.data_dir, host, port, controllers=args.controllers))
+        return _run(run_server(args.data_dir, host, port, controllers=args.controllers, event_ttl=args.event_ttl))
     if args.command == "controllers":
         from hypermesh.cli.controllers import run_standalone
 

@@ -48,6 +48,7 @@ class Server:
     log_path: Path | None = None
     env: dict[str, str] | None = None
     controllers: bool = False
+    extra_args: tuple[str, ...] = ()
 
     @property
     def kubeconfig(self) -> Path:
@@ -63,7 +64,7 @@ class Server:
         self.proc = subprocess.Popen(
             # The spine's tests assert what the API alone does; controller tests opt in.
             [str(VENV_BIN / "hypermesh"), "server", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}",
-             *([] if self.controllers else ["--no-controllers"])],
+             *([] if self.controllers else ["--no-controllers"]), *self.extra_args],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
