@@ -69,7 +69,13 @@ def surge_and_unavailable(strategy: dict[str, Any], replicas: int) -> tuple[int,
 # Readiness
 
 
-def _parse_time(text: str | None) -> datetime | None:
+def format_time(moment: datetime) -> str:
+    """Seconds-precision RFC 3339, as Kubernetes writes condition times."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """An RFC 3339 time, or None when absent or malformed."""
     if not text:
         return None
     try:
@@ -84,7 +90,7 @@ def ready_since(instance: dict[str, Any]) -> datetime | None:
         if condition.get("type") == "Ready":
             if condition.get("status") != "True":
                 return None
-            return _parse_time(condition.get("lastTransitionTime")) or datetime.min.replace(
+            return parse_time(condition.get("lastTransitionTime")) or datetime.min.replace(
                 tzinfo=UTC
             )
     return None
@@ -175,3 +181,39 @@ def plan_recreate(
     if len(new) > replicas:
         return Plan(delete=deletion_order(new)[: len(new) - replicas])
     return Plan(create=replicas - len(new))
+
+
+def plan_paused(replicas: int, live: list[dict[str, Any]], *, can_create: bool) -> Plan:
+    """A paused Workload still scales, as a paused Deployment does, but never rolls: extra
+    Instances go (newest first, whatever their template) and missing ones are made from the
+    template most replicas run, if it is known (`can_create`)."""
+    if len(live) > replicas:
+        return Plan(delete=deletion_order(live)[: len(live) - replicas])
+    if len(live) < replicas and can_create:
+        return Plan(create=replicas - len(live))
+    return Plan()
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The Progressing condition's verdict and when the rollout last moved."""
+
+    exceeded: bool
+    last_update: datetime
+    # Seconds until the deadline passes if nothing moves (None: no deadline running).
+    remaining: float | None
+
+
+def judge_progress(
+    *, moved: bool, complete: bool, previous_update: datetime | None, deadline_seconds: int, now: datetime
+) -> Progress:
+    """Kubernetes' progress deadline: a rollout that has not moved (more updated, more
+    available or fewer old replicas) for `deadline_seconds` is reported as stuck; moving again
+    clears that."""
+    last = now if moved or previous_update is None else previous_update
+    if complete:
+        return Progress(False, last, None)
+    waited = (now - last).total_seconds()
+    if waited > deadline_seconds:
+        return Progress(True, last, None)
+    return Progress(False, last, deadline_seconds - waited)

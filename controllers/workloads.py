@@ -18,8 +18,11 @@ current one plus `revisionHistoryLimit` previous), so `nexus rollout undo` can p
 writing it to `spec.template`; the controller then re-numbers it as the newest revision.
 Instances carry the revision number they were made from.
 
-Paused Workloads are reported on but not changed (Kubernetes still scales a paused Deployment;
-here a paused Workload neither scales nor rolls).
+A paused Workload still scales, as a paused Deployment does, but does not roll: new replicas copy
+the template most replicas run (from the revision history), and a Workload created paused
+starts nothing until resumed. A rollout that does not move for `progressDeadlineSeconds`
+(default 600) is reported as Progressing=False/ProgressDeadlineExceeded, as Kubernetes does;
+`nexus rollout status` then fails instead of waiting for ever.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from controllers.kinds import INSTANCES, WORKLOADS, OwnerIndex, controller_of
 from hypermesh.client.errors import ApiError
 from hypermesh.operator import Context, Operator, Result
 from hypermesh.operator.bounded import run_bounded
+from hypermesh.operator.conditions import get_condition
 from hypermesh.operator.controller import Controller
 from hypermesh.operator.informer import object_key
 
@@ -56,6 +60,10 @@ _EXPECTATION_TTL = 30.0
 _CONCURRENCY = 64
 # Seconds Instance events wait for others of the same Workload before its reconcile runs.
 _COALESCE = 0.1
+# Kubernetes' default progressDeadlineSeconds.
+DEFAULT_PROGRESS_DEADLINE = 600
+# Status fields whose change means the rollout moved (restarting the progress deadline).
+_PROGRESS_FIELDS = ("replicas", "updatedReplicas", "availableReplicas", "updateRevision")
 # Events per step beyond which one summary Event is recorded instead of one per Instance.
 _EVENTS_PER_STEP = 10
 
@@ -169,8 +177,10 @@ class WorkloadController:
                 )
             if not plan.empty:
                 await self._carry_out(workload, plan, current_hash, revision, template, ctx)
+        else:
+            await self._scale_paused(workload, replicas, live, current_hash, revision, template, ctx)
 
-        await self._report(
+        remaining = await self._report(
             workload,
             ctx,
             replicas=replicas,
@@ -182,9 +192,38 @@ class WorkloadController:
             current_hash=current_hash,
             paused=paused,
         )
-        # Look again when the next ready Instance becomes available (minReadySeconds).
+        # Look again when the next ready Instance becomes available (minReadySeconds), or when
+        # the progress deadline passes if nothing moves before.
         pending = [wait for wait in waits.values() if wait is not None and wait > 0]
+        if remaining is not None:
+            pending.append(remaining + 0.5)
         return Result.requeue_after(min(pending) + 0.05) if pending else None
+
+    async def _scale_paused(
+        self,
+        workload: dict[str, Any],
+        replicas: int,
+        live: list[dict[str, Any]],
+        current_hash: str,
+        revision: str,
+        template: dict[str, Any],
+        ctx: Context,
+    ) -> None:
+        """Scale a paused Workload without rolling it: new replicas copy the template most
+        replicas run (found in the revision history), not the paused spec's."""
+        hashes = Counter(_hash_of(i) for i in live)
+        base = hashes.most_common(1)[0][0] if hashes else current_hash
+        source: dict[str, Any] | None = template
+        if base != current_hash:
+            history = _history((workload["metadata"].get("annotations") or {}).get(HISTORY_ANNOTATION))
+            entry = next((e for e in history if e.get("templateHash") == base), None)
+            source = entry["template"] if entry is not None else None
+            revision = str(entry["revision"]) if entry is not None else revision
+        elif not live:
+            source = None  # a Workload created paused starts nothing until it is resumed
+        plan = rollout.plan_paused(replicas, live, can_create=source is not None)
+        if not plan.empty:
+            await self._carry_out(workload, plan, base, revision, source or {}, ctx)
 
     # Revisions
 
@@ -296,7 +335,9 @@ class WorkloadController:
         unavailable: int,
         current_hash: str,
         paused: bool,
-    ) -> None:
+    ) -> float | None:
+        """Write status and conditions if they changed; returns the seconds left before the
+        progress deadline passes (None when no deadline is running)."""
         name = workload["metadata"]["name"]
         n_available = len(available)
         hashes = Counter(_hash_of(i) for i in live)
@@ -319,14 +360,31 @@ class WorkloadController:
                 "Workload does not have minimum availability.",
             )
         new_available = sum(1 for i in new if i["metadata"]["name"] in available)
+        complete = len(new) == replicas and new_available == replicas and not old
+        previous = get_condition(workload, "Progressing") or {}
+        current_status = workload.get("status") or {}
+        progress = rollout.judge_progress(
+            moved=any(current_status.get(k) != status[k] for k in _PROGRESS_FIELDS),
+            complete=complete,
+            previous_update=rollout.parse_time(previous.get("lastUpdateTime") or previous.get("lastTransitionTime")),
+            deadline_seconds=int((workload.get("spec") or {}).get("progressDeadlineSeconds") or DEFAULT_PROGRESS_DEADLINE),
+            now=datetime.now(UTC),
+        )
         if paused:
+            # Kubernetes does not time a paused rollout.
             progressing: tuple[str, Any, str, str] = (
                 "Progressing", "Unknown", "WorkloadPaused", "Workload is paused."
             )
-        elif len(new) == replicas and new_available == replicas and not old:
+        elif complete:
             progressing = (
                 "Progressing", "True", "NewReplicaSetAvailable",
                 f'Workload "{name}" has successfully progressed.',
+            )
+        elif progress.exceeded:
+            progressing = (
+                "Progressing", "False", "ProgressDeadlineExceeded",
+                f'Workload "{name}" has timed out progressing: {len(new)} of {replicas} updated, '
+                f"{new_available} available, {len(old)} old remaining.",
             )
         else:
             progressing = (
@@ -335,13 +393,16 @@ class WorkloadController:
                 f"{len(old)} old remaining.",
             )
         conditions = [available_condition, progressing]
-        if not _status_changed(workload, status, conditions):
-            return
-        try:
-            await ctx.report(workload, conditions=conditions, status=status)
-        except ApiError as exc:
-            if exc.status != 404:  # gone meanwhile: nothing to report on
-                raise
+        if _status_changed(workload, status, conditions):
+            try:
+                await ctx.report(
+                    workload, conditions=conditions, status=status,
+                    update_times={"Progressing": rollout.format_time(progress.last_update)},
+                )
+            except ApiError as exc:
+                if exc.status != 404:  # gone meanwhile: nothing to report on
+                    raise
+        return None if paused else progress.remaining
 
 
 # Helpers

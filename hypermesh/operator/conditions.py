@@ -36,8 +36,11 @@ def set_condition(
     *,
     observed_generation: int | None = None,
     now: str | None = None,
+    update_time: str | None = None,
 ) -> list[dict[str, Any]]:
-    """A new conditions list with `type` set; lastTransitionTime moves only on a status change."""
+    """A new conditions list with `type` set; lastTransitionTime moves only on a status change.
+    `update_time` sets `lastUpdateTime` (Deployment-style conditions record when the thing
+    they describe last moved, not only when their status flipped)."""
     result = [copy.deepcopy(c) for c in conditions or [] if c.get("type") != type]
     previous = next((c for c in conditions or [] if c.get("type") == type), None)
     changed = previous is None or previous.get("status") != status
@@ -50,6 +53,8 @@ def set_condition(
         if changed or previous is None
         else previous.get("lastTransitionTime") or now or now_rfc3339(),
     }
+    if update_time is not None:
+        condition["lastUpdateTime"] = update_time
     if observed_generation is not None:
         condition["observedGeneration"] = observed_generation
     result.append(condition)
@@ -72,15 +77,18 @@ async def report(
     conditions: list[tuple[str, ConditionStatus, str, str]] = (),  # type: ignore[assignment]
     status: dict[str, Any] | None = None,
     field_manager: str = "hypermesh-operator",
+    update_times: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Set conditions (type, status, reason, message), observedGeneration and any other
-    `status` fields of `obj` with one merge patch to /status; returns the updated object."""
+    `status` fields of `obj` with one merge patch to /status; returns the updated object.
+    `update_times` gives some conditions a `lastUpdateTime`, by type."""
     meta = obj["metadata"]
     generation = meta.get("generation")
     current = (obj.get("status") or {}).get("conditions")
     for type, value, reason, message in conditions:
         current = set_condition(
-            current, type, value, reason, message, observed_generation=generation
+            current, type, value, reason, message, observed_generation=generation,
+            update_time=(update_times or {}).get(type),
         )
     patch: dict[str, Any] = dict(status or {})
     if conditions:

@@ -74,8 +74,10 @@ class Context:
         *,
         conditions: list[tuple[str, ConditionStatus, str, str]] | None = None,
         status: dict[str, Any] | None = None,
+        update_times: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Write conditions (type, status, reason, message), observedGeneration and `status`."""
+        """Write conditions (type, status, reason, message), observedGeneration and `status`;
+        `update_times` gives conditions (by type) a lastUpdateTime."""
         return await _report(
             self.client,
             self.resource,
@@ -83,6 +85,7 @@ class Context:
             conditions=conditions or [],
             status=status,
             field_manager=self.operator,
+            update_times=update_times,
         )
 
 

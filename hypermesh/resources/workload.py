@@ -8,6 +8,7 @@ fills that in, since a schema default cannot copy one field into another.
 
 from __future__ import annotations
 
+import datetime
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -63,12 +64,20 @@ class WorkloadSpec(Model):
     )
     revision_history_limit: NonNegative = 10
     min_ready_seconds: NonNegative | None = None
+    progress_deadline_seconds: Annotated[int, Field(ge=1)] = 600
     paused: bool | None = None
+
+
+class WorkloadCondition(Condition):
+    """A condition that also records when what it describes last moved, as a Deployment's
+    conditions do (the progress deadline counts from it)."""
+
+    last_update_time: datetime.datetime | None = None
 
 
 class WorkloadStatus(Model):
     observed_generation: NonNegative | None = None
-    conditions: list[Condition] | None = None
+    conditions: list[WorkloadCondition] | None = None
     replicas: NonNegative | None = None
     ready_replicas: NonNegative | None = None
     updated_replicas: NonNegative | None = None

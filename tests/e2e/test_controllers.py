@@ -377,6 +377,72 @@ async def test_paused_workload_is_not_rolled(client: AsyncClient) -> None:
         await eventually(resumed, timeout=15)
 
 
+async def test_paused_workload_still_scales_with_the_running_template(client: AsyncClient) -> None:
+    await client.create(WORKLOADS, workload("pscale", 2))
+    async with fake_agent(client, "pscale"):
+        await eventually(lambda: status_available(client, "pscale", 2))
+        body = copy.deepcopy(workload("pscale", 2, image="busybox:2")["spec"]["template"])
+        await client.patch(WORKLOADS, "pscale", NS, {"spec": {"paused": True, "template": body}})
+        await client.patch(WORKLOADS, "pscale", NS, {"spec": {"replicas": 4}})
+
+        async def scaled_up() -> bool:
+            live = await instances(client, "pscale")
+            return len(live) == 4
+        await eventually(scaled_up)
+        live = await instances(client, "pscale")
+        # New replicas copy what runs (busybox:1), not the paused template.
+        assert [i["spec"]["containers"][0]["image"] for i in live] == ["busybox:1"] * 4
+        assert len({i["metadata"]["labels"][HASH] for i in live}) == 1
+
+        await client.patch(WORKLOADS, "pscale", NS, {"spec": {"replicas": 1}})
+
+        async def scaled_down() -> bool:
+            return len(await instances(client, "pscale")) == 1
+        await eventually(scaled_down)
+
+
+async def test_created_paused_starts_nothing(client: AsyncClient) -> None:
+    await client.create(WORKLOADS, workload("cpaused", 2, paused=True))
+
+    async def reported() -> bool:
+        wl = await client.get(WORKLOADS, "cpaused", NS)
+        return (get_condition(wl, "Progressing") or {}).get("reason") == "WorkloadPaused"
+    await eventually(reported)
+    assert await instances(client, "cpaused") == []
+    await client.patch(WORKLOADS, "cpaused", NS, {"spec": {"paused": False}})
+
+    async def started() -> bool:
+        return len(await instances(client, "cpaused")) == 2
+    await eventually(started)
+
+
+async def test_a_stuck_rollout_exceeds_its_progress_deadline(client: AsyncClient) -> None:
+    # Nothing marks these Instances ready, so the rollout cannot finish.
+    await client.create(WORKLOADS, workload("stuck", 2, progressDeadlineSeconds=2))
+
+    async def progressing() -> dict[str, Any]:
+        return get_condition(await client.get(WORKLOADS, "stuck", NS), "Progressing") or {}
+
+    async def moving() -> bool:
+        return (await progressing()).get("reason") == "ReplicaSetUpdated"
+    await eventually(moving)
+    first = await progressing()
+    assert first["status"] == "True" and first["lastUpdateTime"]
+
+    async def exceeded() -> bool:
+        return (await progressing()).get("reason") == "ProgressDeadlineExceeded"
+    await eventually(exceeded, timeout=15)
+    stuck = await progressing()
+    assert stuck["status"] == "False" and "timed out progressing" in stuck["message"]
+
+    # Progress again (the replicas become ready) clears it.
+    await ready_all(client, "stuck")
+
+    async def complete() -> bool:
+        return (await progressing()).get("reason") == "NewReplicaSetAvailable"
+    await eventually(complete)
+
+
 # -- garbage collection -------------------------------------------------------------------------
 
 

@@ -179,5 +179,13 @@ async def test_rollout_status_times_out_and_rejects_other_kinds(server: Server, 
         assert 'Waiting for workload "stuck"' in late.stdout
         other = await nexus(server, home, "rollout", "status", "namespace", "default")
         assert other.returncode == 1 and "no rollout support" in other.stderr
+
+        # With a progress deadline, a stuck rollout fails instead of waiting.
+        body = workload("deadline", 1, "busybox:1")
+        body["spec"]["progressDeadlineSeconds"] = 1
+        await client.create(WORKLOADS, body)
+        failed = await nexus(server, home, "rollout", "status", "workload", "deadline", "--timeout", "30s")
+        assert failed.returncode == 1
+        assert 'workload "deadline" exceeded its progress deadline' in failed.stderr
     finally:
         await client.aclose()

@@ -261,7 +261,15 @@ def _examples() -> list[Resource]:
                 ),
             ),
             status=models.WorkloadStatus(
-                observed_generation=1, replicas=3, ready_replicas=2, conditions=[_condition()]
+                observed_generation=1,
+                replicas=3,
+                ready_replicas=2,
+                conditions=[
+                    models.WorkloadCondition(
+                        type="Progressing", status="True", reason="NewReplicaSetAvailable", message="",
+                        last_transition_time=_NOW, last_update_time=_NOW,
+                    )
+                ],
             ),
         ),
         models.Instance(

@@ -53,13 +53,17 @@ def run(args: argparse.Namespace, session: Session) -> int:
 
 
 def progress(obj: dict[str, Any]) -> tuple[str, bool]:
-    """kubectl's rollout status message for a Workload, and whether the rollout is done."""
+    """kubectl's rollout status message for a Workload, and whether the rollout is done; a
+    rollout past its progress deadline is an error, as in kubectl."""
     name = obj["metadata"]["name"]
     generation = int(obj["metadata"].get("generation") or 0)
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     if int(status.get("observedGeneration") or 0) < generation:
         return "Waiting for workload spec update to be observed...", False
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            raise errors.CliError(f'workload "{name}" exceeded its progress deadline')
     replicas = int(spec.get("replicas", 1))
     updated = int(status.get("updatedReplicas") or 0)
     current = int(status.get("replicas") or 0)
