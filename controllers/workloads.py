@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from controllers import rollout
+from controllers import adoption, rollout
 from controllers.kinds import INSTANCES, WORKLOADS, OwnerIndex, controller_of
 from hypermesh.client.errors import ApiError
 from hypermesh.operator import Context, Operator, Result
@@ -87,15 +87,25 @@ class WorkloadController:
         self.op = op
         self.index = index
         self.instances = op.informer(INSTANCES)
+        self.workloads = op.informer(WORKLOADS)
+        self.orphans = adoption.Orphans(self.instances)
         self._expectations: dict[str, _Expectations] = {}
         op.reconcile(WORKLOADS)(self.reconcile)
         self.controller: Controller = op.controllers[-1]
         self.instances.subscribe(self._on_instance)
 
-    def _on_instance(self, _type: str, obj: dict[str, Any]) -> None:
-        # An Instance change is news for the Workload that controls it.
-        ref = controller_of(obj)
+    def _on_instance(self, event: str, obj: dict[str, Any]) -> None:
+        # An Instance change is news for the Workload that controls it, and an orphan's for
+        # every Workload of its namespace that would adopt it.
         queue = self.controller.queue
+        if self.orphans.track(event, obj):
+            if queue is not None:
+                namespace = obj["metadata"].get("namespace")
+                for workload in self.workloads.list(namespace):
+                    if adoption.selects(adoption.selector_of(workload), obj):
+                        queue.add(object_key(workload), _COALESCE)
+            return
+        ref = controller_of(obj)
         if ref is None or ref.get("kind") != WORKLOADS.kind or queue is None:
             return
         # After a short delay, so a burst of replica events (a thousand Instances created and
@@ -135,6 +145,26 @@ class WorkloadController:
             self._expectations.pop(object_key(workload), None)
         return list(found.values())
 
+    async def _claim(self, workload: dict[str, Any], owned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Adopt the namespace's matching orphans and release owned Instances that stopped
+        matching; returns what the Workload controls now (before the watch shows it)."""
+        requirements = adoption.selector_of(workload)
+        if not requirements:
+            return owned
+        manager = self.op.name
+        kept: list[dict[str, Any]] = []
+        for instance in owned:
+            if _deleting(instance) or adoption.selects(requirements, instance):
+                kept.append(instance)
+            elif not await adoption.release(self.op.client, workload, instance, manager):
+                kept.append(instance)  # not released (yet): still ours
+        for orphan in self.orphans.in_namespace(str(workload["metadata"].get("namespace") or "")):
+            if adoption.selects(requirements, orphan) and await adoption.adopt(self.op.client, workload, orphan, manager):
+                meta = orphan["metadata"]
+                adopted = {**orphan, "metadata": {**meta, "ownerReferences": [*(meta.get("ownerReferences") or []), adoption.owner_reference(workload)]}}
+                kept.append(adopted)
+        return kept
+
     # The reconcile
 
     async def reconcile(self, workload: dict[str, Any], ctx: Context) -> Result | None:
@@ -152,7 +182,7 @@ class WorkloadController:
             workload = await self._record_revision(workload, current_hash, template)
         revision = (workload["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, "1")
 
-        owned = self._owned(workload)
+        owned = await self._claim(workload, self._owned(workload))
         live = [i for i in owned if not _deleting(i)]
         new = [i for i in live if _hash_of(i) == current_hash]
         old = [i for i in live if _hash_of(i) != current_hash]
@@ -455,16 +485,7 @@ def _instance_body(
             "namespace": meta.get("namespace"),
             "labels": labels,
             "annotations": annotations,
-            "ownerReferences": [
-                {
-                    "apiVersion": WORKLOADS.api_version,
-                    "kind": WORKLOADS.kind,
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [adoption.owner_reference(workload)],
         },
         "spec": copy.deepcopy(template.get("spec") or {}),
     }

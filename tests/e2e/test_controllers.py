@@ -509,6 +509,39 @@ async def test_orphan_deletion_keeps_instances_without_owner(client: AsyncClient
     assert len(left) == 2
     assert all(not i["metadata"].get("ownerReferences") for i in left)
 
+    # Applied again, the Workload adopts the orphans instead of starting a second set.
+    created = await client.create(WORKLOADS, workload("orph", 2))
+
+    async def adopted() -> bool:
+        live = await instances(client, "orph")
+        return len(live) == 2 and all(
+            [r["uid"] for r in i["metadata"].get("ownerReferences") or []] == [created["metadata"]["uid"]] for i in live
+        )
+
+    await eventually(adopted)
+    assert {i["metadata"]["name"] for i in await instances(client, "orph")} == {i["metadata"]["name"] for i in left}
+
+
+async def test_an_instance_relabelled_out_of_the_selector_is_released(client: AsyncClient) -> None:
+    await client.create(WORKLOADS, workload("rel", 2))
+
+    async def count(n: int) -> bool:
+        return len(await instances(client, "rel")) == n
+
+    await eventually(lambda: count(2))
+    first = (await instances(client, "rel"))[0]
+    name = first["metadata"]["name"]
+    await client.patch(INSTANCES, name, NS, {"metadata": {"labels": {"app": "debugging"}}})
+
+    async def released() -> bool:
+        instance = await client.get(INSTANCES, name, NS)
+        return not instance["metadata"].get("ownerReferences")
+
+    await eventually(released)
+    # The Workload makes up the replica it lost; the released Instance lives on.
+    await eventually(lambda: count(2))
+    assert (await client.get(INSTANCES, name, NS))["metadata"]["labels"]["app"] == "debugging"
+
 
 async def test_foreground_deletion_removes_dependents_before_owner(client: AsyncClient) -> None:
     await client.create(WORKLOADS, workload("fg", 2))
