@@ -18,6 +18,7 @@ from hypermesh.resources.meta import (
     Condition,
     DNSLabel,
     IntOrString,
+    LabelSelector,
     Model,
     Quantity,
     Resource,
@@ -44,6 +45,7 @@ __all__ = [
     "SecurityContext",
     "TCPSocketAction",
     "Toleration",
+    "TopologySpreadConstraint",
     "Volume",
     "VolumeMount",
 ]
@@ -160,6 +162,21 @@ class Toleration(Model):
     toleration_seconds: int | None = None
 
 
+class TopologySpreadConstraint(Model):
+    """Keep matching Instances within `max_skew` of each other across `topology_key` values.
+
+    Kubernetes' PodTopologySpread: `DoNotSchedule` filters nodes, `ScheduleAnyway` only scores;
+    `min_domains` (DoNotSchedule only, which the scheduler checks) counts missing domains as
+    empty. No `label_selector` counts no Instances.
+    """
+
+    max_skew: Positive
+    topology_key: Annotated[str, Field(min_length=1)]
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"]
+    label_selector: LabelSelector | None = None
+    min_domains: Positive | None = None
+
+
 class Volume(Model):
     """A volume by name; the source fields (emptyDir, hostPath, secret, ...) follow Kubernetes."""
 
@@ -177,6 +194,7 @@ class InstanceSpec(Model):
     node_selector: dict[str, str] | None = None
     affinity: Affinity | None = None
     tolerations: list[Toleration] | None = None
+    topology_spread_constraints: list[TopologySpreadConstraint] | None = None
     priority_class_name: str | None = None
     priority: int | None = None
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"

@@ -46,6 +46,7 @@ from hypermesh.resources.instance import (
     SecurityContext,
     TCPSocketAction,
     Toleration,
+    TopologySpreadConstraint,
     Volume,
     VolumeMount,
 )
@@ -179,6 +180,7 @@ __all__ = [
     "Taint",
     "TemplateMetadata",
     "Toleration",
+    "TopologySpreadConstraint",
     "TrafficPolicy",
     "Volume",
     "VolumeMount",

@@ -8,12 +8,19 @@ node masks and batch identical replicas together.
 
 Effective requests follow Kubernetes: per container, `requests` falling back to `limits`;
 summed over containers; the larger of that sum and any single init container; plus one `pods`.
+
+Replicas of one Workload carry equal specs, and reading a spec (quantities, selectors,
+tolerations) costs more than a whole vectorised decision would like to spend on it. `SpecCache`
+therefore reads each distinct scheduling-relevant part of a spec once: its key is the `repr` of
+just the fields the scheduler reads, which for JSON values is a faithful picture of their
+content, and cheaper to build than the parse it saves. What differs per replica (name, labels,
+owner) is read every time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hypermesh.scheduler import quantities
@@ -29,6 +36,8 @@ __all__ = [
     "InstanceSpec",
     "NodeConstraints",
     "PreferredTerm",
+    "SpecCache",
+    "SpreadConstraint",
     "Toleration",
     "instance_key",
     "parse_instance",
@@ -79,6 +88,23 @@ class AffinityTerm:
 
 
 @dataclass(frozen=True, slots=True)
+class SpreadConstraint:
+    """One `topologySpreadConstraints` entry: keep instances matching `selector` (in the
+    instance's namespace) within `max_skew` of each other across `topology_key` domains.
+
+    `selector` None is Kubernetes' nil selector, which matches no instance at all (an empty
+    selector, `()`, matches every one). `hard` is `whenUnsatisfiable: DoNotSchedule` (a
+    filter); otherwise the constraint only scores (`ScheduleAnyway`).
+    """
+
+    max_skew: int
+    topology_key: str
+    hard: bool
+    selector: tuple[Requirement, ...] | None
+    min_domains: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceSpec:
     """The scheduling view of one Instance."""
 
@@ -91,10 +117,30 @@ class InstanceSpec:
     constraints: NodeConstraints
     affinity: tuple[AffinityTerm, ...] = ()
     anti_affinity: tuple[AffinityTerm, ...] = ()
-    # Instances of one owner (or one label set) that topology spread keeps apart.
+    # Instances of one owner (or one label set) that the implicit zone spread keeps apart.
     spread_group: str | None = None
     node_name: str | None = None
-    batch_key: tuple[Any, ...] = field(default=(), compare=False)
+    topology_spread: tuple[SpreadConstraint, ...] = ()
+
+    @property
+    def batch_key(self) -> tuple[Any, ...]:
+        """Equal for instances of one shape, which a batch decides one after the other: same
+        requests, priority, node constraints and spread group (a Workload's replicas)."""
+        return (self.requests, self.priority, self.constraints, self.spread_group)
+
+
+@dataclass(frozen=True, slots=True)
+class _SpecPart:
+    """What `parse_instance` reads from `spec` alone (given the namespace): `SpecCache`'s value."""
+
+    requests: tuple[tuple[str, int], ...]
+    priority: int | None
+    priority_class: str | None
+    constraints: NodeConstraints
+    affinity: tuple[AffinityTerm, ...]
+    anti_affinity: tuple[AffinityTerm, ...]
+    node_name: str | None
+    topology_spread: tuple[SpreadConstraint, ...]
 
 
 def instance_key(instance: Mapping[str, Any]) -> str:
@@ -124,11 +170,67 @@ def parse_instance(
 ) -> InstanceSpec:
     """Read an Instance dict; raises `SpecError` or `QuantityError` naming the bad field."""
     meta = instance.get("metadata") or {}
-    spec = instance.get("spec") or {}
     namespace = meta.get("namespace") or "default"
-    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    part = _parse_spec(instance.get("spec") or {}, namespace)
+    return _assemble(meta, namespace, part, priority_classes or {})
+
+
+class SpecCache:
+    """`parse_instance` that reads each distinct scheduling part of a spec only once.
+
+    Bounded: when `limit` distinct parts are held it starts again from empty, which costs one
+    parse per shape and keeps memory flat however many shapes pass through.
+    """
+
+    def __init__(self, priority_classes: Mapping[str, int] | None = None, *, limit: int = 4096):
+        self.priority_classes: Mapping[str, int] = priority_classes or {}
+        self.limit = limit
+        self._parts: dict[tuple[str, str], _SpecPart] = {}
+
+    def parse(self, instance: Mapping[str, Any]) -> InstanceSpec:
+        """`parse_instance(instance, priority_classes)`, with the spec part memoised."""
+        meta = instance.get("metadata") or {}
+        namespace = meta.get("namespace") or "default"
+        spec = instance.get("spec") or {}
+        try:
+            key = (namespace, _spec_key(spec))
+        except (AttributeError, TypeError):
+            # A malformed spec: the uncached parse reports it with its field path.
+            key = None
+        part = None if key is None else self._parts.get(key)
+        if part is None:
+            part = _parse_spec(spec, namespace)
+            if key is not None:
+                if len(self._parts) >= self.limit:
+                    self._parts.clear()
+                self._parts[key] = part
+        return _assemble(meta, namespace, part, self.priority_classes)
+
+
+def _spec_key(spec: Mapping[str, Any]) -> str:
+    # Every spec field `_parse_spec` reads, and nothing else (images, probes and env vary
+    # without changing where an instance may go).
+    get = spec.get
+    containers = get("containers")
+    inits = get("initContainers")
+    return repr((
+        containers and [c.get("resources") for c in containers],
+        inits and [c.get("resources") for c in inits],
+        get("nodeName"),
+        get("nodeSelector"),
+        get("tolerations"),
+        get("affinity"),
+        get("priority"),
+        get("priorityClassName"),
+        get("topologySpreadConstraints"),
+    ))
+
+
+def _parse_spec(spec: Mapping[str, Any], namespace: str) -> _SpecPart:
     requests = effective_requests(spec)
-    priority = _priority(spec, priority_classes or {})
+    priority = spec.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise SpecError("spec.priority", priority, "an integer")
     constraints = NodeConstraints(
         node_selector=_node_selector(spec.get("nodeSelector")),
         required_terms=None,
@@ -150,19 +252,38 @@ def parse_instance(
     anti = _affinity_terms(
         affinity.get("instanceAntiAffinity"), "spec.affinity.instanceAntiAffinity", namespace
     )
-    group = _spread_group(meta, namespace, labels)
+    return _SpecPart(
+        requests=requests,
+        priority=priority,
+        priority_class=spec.get("priorityClassName") or None,
+        constraints=constraints,
+        affinity=with_affinity,
+        anti_affinity=anti,
+        node_name=spec.get("nodeName") or None,
+        topology_spread=_topology_spread(spec.get("topologySpreadConstraints")),
+    )
+
+
+def _assemble(
+    meta: Mapping[str, Any], namespace: str, part: _SpecPart, classes: Mapping[str, int]
+) -> InstanceSpec:
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    if part.priority is not None:
+        priority = part.priority
+    else:
+        priority = int(classes.get(part.priority_class, 0)) if part.priority_class else 0
     return InstanceSpec(
         key=f"{namespace}/{meta.get('name') or ''}",
         namespace=namespace,
         labels=labels,
-        requests=requests,
+        requests=part.requests,
         priority=priority,
-        constraints=constraints,
-        affinity=with_affinity,
-        anti_affinity=anti,
-        spread_group=group,
-        node_name=spec.get("nodeName") or None,
-        batch_key=(requests, priority, constraints, group),
+        constraints=part.constraints,
+        affinity=part.affinity,
+        anti_affinity=part.anti_affinity,
+        spread_group=_spread_group(meta, namespace, labels),
+        node_name=part.node_name,
+        topology_spread=part.topology_spread,
     )
 
 
@@ -193,16 +314,6 @@ def _container_requests(container: Mapping[str, Any], where: str) -> dict[str, i
                 name, text, field=f"{where}.resources.{part}.{name}"
             )
     return merged
-
-
-def _priority(spec: Mapping[str, Any], classes: Mapping[str, int]) -> int:
-    value = spec.get("priority")
-    if value is None:
-        name = spec.get("priorityClassName")
-        return int(classes.get(name, 0)) if name else 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError("spec.priority", value, "an integer")
-    return value
 
 
 def _node_selector(selector: object) -> tuple[Requirement, ...]:
@@ -300,9 +411,49 @@ def _affinity_terms(value: object, base: str, namespace: str) -> tuple[AffinityT
     return tuple(found)
 
 
+def _topology_spread(value: object) -> tuple[SpreadConstraint, ...]:
+    base = "spec.topologySpreadConstraints"
+    if not value:
+        return ()
+    if not isinstance(value, list):
+        raise SpecError(base, value, "a list of topology spread constraints")
+    found = []
+    for i, item in enumerate(value):
+        where = f"{base}[{i}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(where, item, "an object {maxSkew, topologyKey, whenUnsatisfiable, ...}")
+        max_skew = item.get("maxSkew")
+        if isinstance(max_skew, bool) or not isinstance(max_skew, int) or max_skew < 1:
+            raise SpecError(f"{where}.maxSkew", max_skew, "an integer of at least 1")
+        topology_key = item.get("topologyKey")
+        if not isinstance(topology_key, str) or not topology_key:
+            raise SpecError(f"{where}.topologyKey", topology_key, "a node label key")
+        when = item.get("whenUnsatisfiable")
+        if when not in ("DoNotSchedule", "ScheduleAnyway"):
+            raise SpecError(f"{where}.whenUnsatisfiable", when, "DoNotSchedule or ScheduleAnyway")
+        min_domains = item.get("minDomains")
+        if min_domains is not None:
+            if isinstance(min_domains, bool) or not isinstance(min_domains, int) or min_domains < 1:
+                raise SpecError(f"{where}.minDomains", min_domains, "an integer of at least 1")
+            if when != "DoNotSchedule":
+                # Kubernetes' rule: with ScheduleAnyway there is no global minimum to lower.
+                raise SpecError(f"{where}.minDomains", min_domains, "only with DoNotSchedule")
+        raw_selector = item.get("labelSelector")
+        selector = (
+            None
+            if raw_selector is None
+            else label_selector(raw_selector, field=f"{where}.labelSelector")
+        )
+        found.append(
+            SpreadConstraint(max_skew, topology_key, when == "DoNotSchedule", selector, min_domains)
+        )
+    return tuple(found)
+
+
 def _spread_group(meta: Mapping[str, Any], namespace: str, labels: Mapping[str, str]) -> str | None:
     for owner in meta.get("ownerReferences") or []:
-        if isinstance(owner, Mapping) and (owner.get("uid") or owner.get("name")):
+        # dict first: isinstance against the Mapping ABC is slow, and JSON gives dicts.
+        if isinstance(owner, (dict, Mapping)) and (owner.get("uid") or owner.get("name")):
             if owner.get("uid"):
                 return f"uid:{owner['uid']}"
             return f"owner:{namespace}/{owner.get('kind')}/{owner['name']}"

@@ -12,13 +12,16 @@ keeps:
   integers exactly (< 2**53), and one dtype avoids casts in the hot path.
 - `unschedulable` (bool), `cost` (float, NaN when unlabelled), one bool column per distinct
   taint, and one int32 column per label key holding a code per value (-1: label absent).
-- per node, the bound instances; per (namespace, label, value), the rows holding instances with
-  that label (for instance (anti-)affinity); per spread group, instance counts per zone.
+- per node, the bound instances; per spread group, instance counts per zone; and the
+  `indexes` over bound instances that instance (anti-)affinity and topology spread ask of.
 
 Rows are a dense prefix `[0, n)` of arrays with spare capacity that doubles when full, so adding
 nodes is amortised O(1); removing a node moves the last row into the hole (swap-with-last).
 `static_version` changes whenever labels, taints, cordons or the node set change, so callers can
-cache whatever depends only on those (selector and taint masks) until it moves.
+cache whatever depends only on those (selector and taint masks) until it moves. Between such
+changes, `journal` lists the rows whose allocatable or usage changed, in order, so a caller that
+scored every node can bring its scores up to date by re-scoring just those rows; when the
+journal grows long it is emptied and `journal_epoch` moves, which means "score everything".
 
 Bindings to a node the informer has not delivered yet wait under the node's name and apply when
 it arrives; bindings on a removed node wait likewise in case it comes back.
@@ -34,7 +37,8 @@ import numpy as np
 import numpy.typing as npt
 
 from hypermesh.scheduler import quantities
-from hypermesh.scheduler.instances import InstanceSpec, parse_instance
+from hypermesh.scheduler.indexes import AntiAffinityTerms, LabelRows, SelectorCounts
+from hypermesh.scheduler.instances import AffinityTerm, InstanceSpec, SpecCache
 from hypermesh.scheduler.selectors import Requirement, matches
 
 __all__ = ["Binding", "NodeMatrix", "ZONE_LABEL", "COST_LABEL", "HOSTNAME_LABELS", "DEFAULT_PODS"]
@@ -46,6 +50,8 @@ HOSTNAME_LABELS = frozenset({"hypermesh.io/hostname", "kubernetes.io/hostname"})
 NAME_FIELD = "metadata.name"
 # Kubernetes' kubelet default when a node does not report `pods`.
 DEFAULT_PODS = 110
+# Past this many entries the journal starts again (and readers re-score every row).
+JOURNAL_LIMIT = 4096
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
@@ -65,6 +71,8 @@ class Binding:
     spread_group: str | None
     node: str
     zone: str | None = None
+    # Required anti-affinity terms, which repel newcomers they match (symmetric anti-affinity).
+    anti_affinity: tuple[AffinityTerm, ...] = ()
 
 
 class NodeMatrix:
@@ -74,8 +82,11 @@ class NodeMatrix:
         self, *, capacity: int = 64, priority_classes: Mapping[str, int] | None = None
     ) -> None:
         self.priority_classes: Mapping[str, int] = priority_classes or {}
+        self.specs = SpecCache(self.priority_classes)
         self.n = 0
         self.static_version = 0
+        self.journal: list[int] = []
+        self.journal_epoch = 0
         self._cap = max(1, capacity)
         self.names: list[str] = []
         self.rows: dict[str, int] = {}
@@ -94,9 +105,10 @@ class NodeMatrix:
         self.instances_on: list[dict[str, Binding]] = []
         self.bound: dict[str, Binding] = {}
         self._waiting: dict[str, dict[str, Binding]] = {}
-        self._pair_rows: dict[tuple[str, str, str], dict[int, int]] = {}
-        self._key_rows: dict[tuple[str, str], dict[int, int]] = {}
+        self.label_rows = LabelRows()
         self.zone_counts: dict[str, dict[str, int]] = {}
+        self.selector_counts = SelectorCounts(self._cap)
+        self.anti_terms = AntiAffinityTerms()
         self._numeric_cache: dict[str, FloatArray] = {}
         self._zones_cache: tuple[int, list[int]] = (-1, [])
         for name in ("cpu", "memory", "pods"):
@@ -173,14 +185,20 @@ class NodeMatrix:
 
     def bind(self, instance: Mapping[str, Any], node_name: str) -> None:
         """Account an instance's requests to `node_name` (idempotent for the same key)."""
-        self.bind_spec(parse_instance(instance, self.priority_classes), node_name)
+        self.bind_spec(self.specs.parse(instance), node_name)
 
     def bind_spec(self, spec: InstanceSpec, node_name: str) -> None:
         """`bind` for an already parsed instance."""
         old = self.bound.get(spec.key)
         if old is not None:
-            if old.node == node_name and old.requests == spec.requests:
+            if (
+                old.node == node_name
+                and old.requests == spec.requests
+                and old.labels == spec.labels
+                and old.anti_affinity == spec.anti_affinity
+            ):
                 return
+            # Moved, resized or relabelled: account it afresh so every index follows.
             self.unbind_key(spec.key)
         binding = Binding(
             key=spec.key,
@@ -190,6 +208,7 @@ class NodeMatrix:
             priority=spec.priority,
             spread_group=spec.spread_group,
             node=node_name,
+            anti_affinity=spec.anti_affinity,
         )
         self.bound[spec.key] = binding
         row = self.rows.get(node_name)
@@ -296,7 +315,7 @@ class NodeMatrix:
         self, requirements: tuple[Requirement, ...], namespaces: frozenset[str]
     ) -> list[int]:
         """Rows holding at least one bound instance in `namespaces` whose labels match."""
-        candidates = self._candidate_rows(requirements, namespaces)
+        candidates = self.label_rows.candidates(requirements, namespaces, self.n)
         found = []
         for row in candidates:
             for binding in self.instances_on[row].values():
@@ -304,6 +323,27 @@ class NodeMatrix:
                     found.append(row)
                     break
         return found
+
+    def domain_codes(self, topology_key: str) -> tuple[IntArray, int]:
+        """Per row [0, n), a code for its `topology_key` domain (-1: the node has none), and
+        how many codes there are. Under hostname keys every node is its own domain."""
+        if topology_key in HOSTNAME_LABELS:
+            return np.arange(self.n, dtype=np.int32), self.n
+        column = self.label_codes.get(topology_key)
+        if column is None:
+            return np.full(self.n, -1, dtype=np.int32), 0
+        return column[: self.n], len(self._label_values[topology_key])
+
+    def matching_counts(
+        self, namespace: str, selector: tuple[Requirement, ...]
+    ) -> npt.NDArray[np.int32]:
+        """Per row [0, n), how many bound instances in `namespace` match `selector`."""
+
+        def candidates() -> Iterator[tuple[int, Iterable[Binding]]]:
+            for row in self.label_rows.candidates(selector, frozenset((namespace,)), self.n):
+                yield row, self.instances_on[row].values()
+
+        return self.selector_counts.column(namespace, selector, self.n, candidates)
 
     def zone_column(self) -> IntArray:
         """Zone codes of rows [0, n) (-1: no zone label), see `zone_code`."""
@@ -345,6 +385,10 @@ class NodeMatrix:
         assert np.array_equal(used, expected), "used does not equal the sum of bound requests"
         free = self.alloc[: len(self.resources), : self.n] - used
         assert np.array_equal(self.free[: len(self.resources), : self.n], free)
+        # The incremental indexes equal a recount from the bindings.
+        self.label_rows.check(self.instances_on, self.n)
+        self.selector_counts.check(self.instances_on, self.n)
+        self.anti_terms.check(self.instances_on, self.n)
 
     # Internals: rows
 
@@ -370,6 +414,7 @@ class NodeMatrix:
         self.cost = _resize1(self.cost, cap, np.nan)
         self.taint_columns = {t: _resize1(c, cap, False) for t, c in self.taint_columns.items()}
         self.label_codes = {k: _resize1(c, cap, -1) for k, c in self.label_codes.items()}
+        self.selector_counts.grow(cap)
         self._cap = cap
 
     def _set_static(
@@ -409,12 +454,22 @@ class NodeMatrix:
 
     def _set_allocatable(self, row: int, amounts: Mapping[str, int]) -> None:
         indices = [self.resource_row(res) for res in amounts]
-        self.alloc[:, row] = 0.0
+        alloc = np.zeros(self.alloc.shape[0])
         for index, amount in zip(indices, amounts.values(), strict=True):
-            self.alloc[index, row] = amount
-        alloc = self.alloc[:, row]
+            alloc[index] = amount
+        if np.array_equal(alloc, self.alloc[:, row]):
+            return  # a status update that changed nothing here (the common heartbeat)
+        self.alloc[:, row] = alloc
         self.free[:, row] = alloc - self.used[:, row]
         self.inv_alloc[:, row] = np.divide(1.0, alloc, out=np.zeros_like(alloc), where=alloc > 0)
+        self._touched(row)
+
+    def _touched(self, row: int) -> None:
+        journal = self.journal
+        journal.append(row)
+        if len(journal) > JOURNAL_LIMIT:
+            journal.clear()
+            self.journal_epoch += 1
 
     def _move_row(self, src: int, dst: int) -> None:
         for array in (self.alloc, self.used, self.free, self.inv_alloc):
@@ -431,13 +486,9 @@ class NodeMatrix:
         self.node_labels[dst] = self.node_labels[src]
         self.node_taints[dst] = self.node_taints[src]
         self.instances_on[dst] = self.instances_on[src]
-        # Each index holds one count per row, shared by all the row's instances: move it once.
-        moved: dict[int, dict[int, int]] = {}
-        for binding in self.instances_on[dst].values():
-            for index in self._indexes(binding):
-                moved[id(index)] = index
-        for index in moved.values():
-            index[dst] = index.pop(src)
+        self.label_rows.move_row(src, dst, self.instances_on[dst].values())
+        self.selector_counts.move_row(src, dst)
+        self.anti_terms.move_row(src, dst, self.instances_on[dst].values())
 
     def _clear_row(self, row: int) -> None:
         for array in (self.alloc, self.used, self.free, self.inv_alloc):
@@ -448,6 +499,7 @@ class NodeMatrix:
             taint_column[row] = False
         for label_column in self.label_codes.values():
             label_column[row] = -1
+        self.selector_counts.clear_row(row)
 
     # Internals: bindings
 
@@ -456,39 +508,28 @@ class NodeMatrix:
             at = self.resource_row(res)
             self.used[at, row] += amount
             self.free[at, row] -= amount
+        self._touched(row)
         self.instances_on[row][binding.key] = binding
-        for rows in self._indexes(binding, create=True):
-            rows[row] = rows.get(row, 0) + 1
+        self.label_rows.attach(binding, row)
         binding.zone = self.node_labels[row].get(ZONE_LABEL)
         self._count_zone(binding, +1)
+        self.selector_counts.count(binding, row, +1)
+        if binding.anti_affinity:
+            self.anti_terms.attach(binding, row)
 
     def _detach(self, binding: Binding, row: int) -> None:
         for res, amount in binding.requests:
             at = self.resources[res]
             self.used[at, row] -= amount
             self.free[at, row] += amount
+        self._touched(row)
         del self.instances_on[row][binding.key]
-        for rows in self._indexes(binding):
-            left = rows[row] - 1
-            if left:
-                rows[row] = left
-            else:
-                del rows[row]
+        self.label_rows.detach(binding, row)
         self._count_zone(binding, -1)
         binding.zone = None
-
-    def _indexes(self, binding: Binding, create: bool = False) -> list[dict[int, int]]:
-        found = []
-        for key, value in binding.labels.items():
-            pair = (binding.namespace, key, value)
-            present = (binding.namespace, key)
-            if create:
-                found.append(self._pair_rows.setdefault(pair, {}))
-                found.append(self._key_rows.setdefault(present, {}))
-            else:
-                found.append(self._pair_rows[pair])
-                found.append(self._key_rows[present])
-        return found
+        self.selector_counts.count(binding, row, -1)
+        if binding.anti_affinity:
+            self.anti_terms.detach(binding, row)
 
     def _count_zone(self, binding: Binding, delta: int) -> None:
         if binding.spread_group is None or binding.zone is None:
@@ -501,30 +542,6 @@ class NodeMatrix:
             counts.pop(binding.zone, None)
             if not counts:
                 del self.zone_counts[binding.spread_group]
-
-    def _candidate_rows(
-        self, requirements: tuple[Requirement, ...], namespaces: frozenset[str]
-    ) -> Iterable[int]:
-        # The rows indexed under one positive requirement are a superset of the answer;
-        # without one (only NotIn/DoesNotExist, or an empty selector) every row is a candidate.
-        best: set[int] | None = None
-        for req in requirements:
-            if req.operator == "In":
-                rows = {
-                    r
-                    for ns in namespaces
-                    for v in req.values
-                    for r in self._pair_rows.get((ns, req.key, v), ())
-                }
-            elif req.operator == "Exists":
-                rows = {r for ns in namespaces for r in self._key_rows.get((ns, req.key), ())}
-            else:
-                continue
-            if best is None or len(rows) < len(best):
-                best = rows
-        if best is None:
-            return range(self.n)
-        return sorted(best)
 
     def _numeric(self, key: str) -> FloatArray:
         numeric = self._numeric_cache.get(key)

@@ -5,12 +5,16 @@
 decision sees it without waiting for the bind write to come back through the informer. If the
 write fails, the caller releases the claim with `matrix.unbind(instance)`.
 
-A batch is decided in priority order (highest first, stable). Replicas of one Workload usually
-share requests and constraints, so a batch groups instances by `InstanceSpec.batch_key`: each
-group evaluates all nodes once, then after each placement re-evaluates only the row it just
-used, which is what makes batches several times cheaper than single decisions. Instances with
-instance (anti-)affinity depend on each other's placements in ways a single row cannot capture,
-so they are decided one by one.
+A batch is decided in priority order (highest first, stable), with instances of one shape
+(`InstanceSpec.batch_key`: a Workload's replicas, usually) taken together where the first of
+them stands.
+
+Most decisions (no instance affinity, no topology spread constraints, no bound instance whose
+anti-affinity repels the newcomer) go through a `ranking.Ranking` per shape: every node is
+scored once, and each later decision of that shape re-scores only the rows that changed since
+(usually the one row just bound), which is what makes single decisions and batches cheap. The
+others are decided on a fresh computation over all nodes (`_decide_filtered`) that also
+explains each filter; every decision sees all the placements made before it, batch or not.
 
 This module and its package are pure: plain dicts in, `Decision`s out, no I/O and no other
 HyperMesh imports, so the controller, the simulator and the benchmarks share the same core.
@@ -18,15 +22,15 @@ HyperMesh imports, so the controller, the simulator and the benchmarks share the
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from hypermesh.scheduler import filters, preemption, scoring
-from hypermesh.scheduler.instances import InstanceSpec, NodeConstraints, parse_instance
+from hypermesh.scheduler import filters, preemption, ranking, scoring, spread
+from hypermesh.scheduler.instances import AffinityTerm, InstanceSpec, NodeConstraints, SpecCache
 from hypermesh.scheduler.matrix import BoolArray, FloatArray, NodeMatrix
 from hypermesh.scheduler.quantities import QuantityError
 from hypermesh.scheduler.scoring import Policy
@@ -35,6 +39,8 @@ from hypermesh.scheduler.selectors import SpecError
 __all__ = ["Decision", "Scheduler", "explain"]
 
 _CACHE_LIMIT = 1024
+# Shapes whose rankings are kept: a few Workloads being scaled at once.
+_RANKINGS = 16
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ class Decision:
 @dataclass(slots=True)
 class _Static:
     filter: filters.StaticFilter
-    score: FloatArray
+    scores: ranking.Static
 
 
 class Scheduler:
@@ -78,12 +84,20 @@ class Scheduler:
         self.policy = policy or Policy()
         self.priority_classes: Mapping[str, int] = priority_classes or self.matrix.priority_classes
         self.preemption = preemption
+        self.specs = SpecCache(self.priority_classes)
         self._static_cache: dict[NodeConstraints, _Static] = {}
+        # The zone spread bonus by a group's zone counts (per zone code, and per node), valid
+        # for one matrix static_version: it depends on nothing else, and replicas share it.
+        self._zone_bonus_cache: dict[tuple[tuple[str, int], ...], dict[int, float]] = {}
+        self._bonus_cache: dict[tuple[tuple[str, int], ...], FloatArray | None] = {}
+        self._bonus_version = -1
+        self._rankings: OrderedDict[tuple[Any, ...], ranking.Ranking] = OrderedDict()
+        self._layout: ranking.ZoneLayout | None = None
 
     def decide(self, instance: Mapping[str, Any], *, assume: bool = True) -> Decision:
         """Place one instance (and assume it into the matrix unless `assume` is False)."""
         try:
-            spec = parse_instance(instance, self.priority_classes)
+            spec = self.specs.parse(instance)
         except (SpecError, QuantityError) as error:
             return _invalid(instance, error)
         return self.decide_spec(spec, assume=assume)
@@ -94,24 +108,20 @@ class Scheduler:
         specs: list[tuple[int, InstanceSpec]] = []
         for i, instance in enumerate(instances):
             try:
-                specs.append((i, parse_instance(instance, self.priority_classes)))
+                specs.append((i, self.specs.parse(instance)))
             except (SpecError, QuantityError) as error:
                 decisions[i] = _invalid(instance, error)
         specs.sort(key=lambda item: -item[1].priority)
         groups: dict[tuple[Any, ...], list[tuple[int, InstanceSpec]]] = {}
         for item in specs:
             spec = item[1]
-            if spec.affinity or spec.anti_affinity or spec.node_name:
+            if spec.affinity or spec.anti_affinity or spec.node_name or spec.topology_spread:
                 groups[("single", item[0])] = [item]
             else:
                 groups.setdefault(spec.batch_key, []).append(item)
         for members in groups.values():
-            if len(members) == 1:
-                i, spec = members[0]
+            for i, spec in members:
                 decisions[i] = self.decide_spec(spec)
-            else:
-                for i, decision in self._place_group(members):
-                    decisions[i] = decision
         return [d for d in decisions if d is not None]
 
     def decide_spec(self, spec: InstanceSpec, *, assume: bool = True) -> Decision:
@@ -121,23 +131,48 @@ class Scheduler:
             if assume:
                 matrix.bind_spec(spec, spec.node_name)
             return Decision(spec.key, spec.node_name, message="already bound by spec.nodeName")
+        repelling = filters.existing_anti_affinity(matrix, spec)
+        if spec.affinity or spec.anti_affinity or spec.topology_spread or repelling:
+            return self._decide_filtered(spec, repelling, assume)
+        ranked = self._ranking(spec)
+        if ranked is None:
+            return self._decide_filtered(spec, repelling, assume)
+        best = ranked.best(self._zone_bonus(spec.spread_group))
+        if best is not None:
+            return self._place(spec, best, assume)
         static = self._static(spec.constraints)
         fit = scoring.fit(matrix, spec.requests, self.policy, slice(0, matrix.n))
-        feasible = fit.feasible & static.filter.mask
-        if spec.affinity or spec.anti_affinity:
-            allowed, _ = filters.instance_affinity(matrix, spec)
-            feasible &= allowed
-        score = fit.score + static.score
-        bonus = scoring.spread_bonus(matrix, spec.spread_group, self.policy)
-        if bonus is not None:
-            score += bonus
+        return self._fail(spec, static, fit.feasible)
+
+    # Internals
+
+    def _decide_filtered(
+        self,
+        spec: InstanceSpec,
+        repelling: list[tuple[AffinityTerm, dict[int, int]]],
+        assume: bool,
+    ) -> Decision:
+        # Everything over all nodes at once, including the filters that depend on what is
+        # bound: instance (anti-)affinity, bound instances' anti-affinity, topology spread.
+        matrix = self.matrix
+        static = self._static(spec.constraints)
+        allowed, reasons = filters.dynamic_filter(matrix, spec, static.filter, repelling)
+        fit = scoring.fit(matrix, spec.requests, self.policy, slice(0, matrix.n))
+        feasible = fit.feasible & allowed
+        score = fit.score + static.scores.score
+        if spec.topology_spread:
+            preference = spread.score(matrix, spec, static.filter.selected, feasible)
+            if preference is not None and self.policy.topology_spread_weight:
+                score += self.policy.topology_spread_weight * preference
+        else:
+            bonus = self._bonus(spec.spread_group)
+            if bonus is not None:
+                score += bonus
         if matrix.n:
             best = int(np.where(feasible, score, -np.inf).argmax())
             if feasible[best]:
                 return self._place(spec, best, assume)
-        return self._fail(spec, static, fit.feasible)
-
-    # Internals
+        return self._fail(spec, static, fit.feasible, (allowed, reasons))
 
     def _place(self, spec: InstanceSpec, row: int, assume: bool) -> Decision:
         node = self.matrix.names[row]
@@ -145,35 +180,29 @@ class Scheduler:
             self.matrix.bind_spec(spec, node)
         return Decision(spec.key, node, message=f"assigned {spec.key} to {node}")
 
-    def _place_group(
-        self, members: list[tuple[int, InstanceSpec]]
-    ) -> list[tuple[int, Decision]]:
-        # Every member has the same requests, constraints, priority and spread group: evaluate
-        # all nodes once, then keep the scores current by re-scoring only the row just used.
-        # The spread bonus is constant within a zone, so nodes are kept in one array per zone
-        # and the best node is the best of each zone's best plus that zone's bonus.
-        matrix, policy = self.matrix, self.policy
-        first = members[0][1]
-        static = self._static(first.constraints)
-        fit = scoring.fit(matrix, first.requests, policy, slice(0, matrix.n))
-        masked = np.where(fit.feasible & static.filter.mask, fit.score + static.score, -np.inf)
-        zones = _ZoneParts(matrix.zone_column(), masked)
-        out: list[tuple[int, Decision]] = []
-        for position, (i, spec) in enumerate(members):
-            bonus = scoring.zone_bonus(matrix, spec.spread_group, policy)
-            best = zones.best(bonus)
-            if best is None:
-                # Nothing fits this shape any more: the rest get the full explanation (and a
-                # chance to preempt) one by one.
-                out += [(j, self.decide_spec(s)) for j, s in members[position:]]
-                break
-            out.append((i, self._place(spec, best, True)))
-            score = scoring.fit_row(matrix, spec.requests, policy, best)
-            if score is None or not static.filter.mask[best]:
-                zones.set(best, -np.inf)
-            else:
-                zones.set(best, score + float(static.score[best]))
-        return out
+    def _ranking(self, spec: InstanceSpec) -> ranking.Ranking | None:
+        """The current ranking of `spec`'s shape, or None where rankings do not pay."""
+        matrix = self.matrix
+        layout = self._layout
+        if layout is None or layout.version != matrix.static_version:
+            layout = self._layout = ranking.ZoneLayout(matrix)
+        if len(layout.zones) > ranking.MAX_ZONES:
+            return None
+        key = (spec.requests, spec.constraints)
+        rankings = self._rankings
+        found = rankings.get(key)
+        if found is not None and found.current():
+            found.sync()
+            rankings.move_to_end(key)
+            return found
+        static = self._static(spec.constraints)
+        found = rankings[key] = ranking.Ranking(
+            matrix, self.policy, spec.requests, static.scores, layout
+        )
+        rankings.move_to_end(key)
+        if len(rankings) > _RANKINGS:
+            rankings.popitem(last=False)
+        return found
 
     def _static(self, constraints: NodeConstraints) -> _Static:
         cached = self._static_cache.get(constraints)
@@ -181,20 +210,71 @@ class Scheduler:
             return cached
         if len(self._static_cache) >= _CACHE_LIMIT:
             self._static_cache.clear()
+        passed = filters.static_filter(self.matrix, constraints)
+        score = scoring.static_score(self.matrix, constraints, self.policy)
         fresh = _Static(
-            filters.static_filter(self.matrix, constraints),
-            scoring.static_score(self.matrix, constraints, self.policy),
+            passed, ranking.Static(passed.mask, score, np.where(passed.mask, score, -np.inf))
         )
         self._static_cache[constraints] = fresh
         return fresh
 
-    def _fail(self, spec: InstanceSpec, static: _Static, room: BoolArray) -> Decision:
+    def _zone_bonus(self, group: str | None) -> Mapping[int, float]:
+        """`scoring.zone_bonus` for `group`, cached."""
+        counts = self._zone_counts(group)
+        if counts is None:
+            return {}
+        key = tuple(counts.items())
+        found = self._zone_bonus_cache.get(key)
+        if found is None:
+            found = scoring.zone_bonus(self.matrix, group, self.policy)
+            self._zone_bonus_cache[key] = found
+        return found
+
+    def _bonus(self, group: str | None) -> FloatArray | None:
+        """`scoring.spread_bonus` for `group`, cached."""
+        counts = self._zone_counts(group)
+        if counts is None:
+            return None
+        key = tuple(counts.items())
+        try:
+            return self._bonus_cache[key]
+        except KeyError:
+            bonus = self._bonus_cache[key] = scoring.spread_bonus(self.matrix, group, self.policy)
+            return bonus
+
+    def _zone_counts(self, group: str | None) -> dict[str, int] | None:
+        # The group's zone counts if a zone bonus may apply; clears the bonus caches when the
+        # node set or labels moved.
+        if group is None or not self.policy.spread_weight:
+            return None
+        matrix = self.matrix
+        counts = matrix.zone_counts.get(group)
+        if not counts:
+            return None
+        if (
+            self._bonus_version != matrix.static_version
+            or len(self._bonus_cache) + len(self._zone_bonus_cache) >= _CACHE_LIMIT
+        ):
+            self._bonus_cache.clear()
+            self._zone_bonus_cache.clear()
+            self._bonus_version = matrix.static_version
+        return counts
+
+    def _fail(
+        self,
+        spec: InstanceSpec,
+        static: _Static,
+        room: BoolArray,
+        dynamic: tuple[BoolArray, dict[str, int]] | None = None,
+    ) -> Decision:
+        # `dynamic` is what `filters.dynamic_filter` said, when the decision asked it.
         matrix = self.matrix
         reasons = dict(static.filter.reasons)
-        eligible = static.filter.mask.copy()
-        if spec.affinity or spec.anti_affinity:
-            eligible, more = filters.instance_affinity(matrix, spec, within=eligible)
-            _merge(reasons, more)
+        if dynamic is None:
+            eligible = static.filter.mask
+        else:
+            eligible = dynamic[0]
+            _merge(reasons, dynamic[1])
         for resource, amount in spec.requests:
             index = matrix.resources.get(resource)
             if index is None:
@@ -216,40 +296,6 @@ class Scheduler:
             f" from {found.node} makes room."
         )
         return Decision(spec.key, None, reasons, message, found.victims, found.node)
-
-
-class _ZoneParts:
-    """Scores split by zone code (rows ascending within each), for per-zone argmax."""
-
-    def __init__(self, zone_column: npt.NDArray[np.int32], masked: FloatArray) -> None:
-        self.parts: list[tuple[int, npt.NDArray[np.intp], FloatArray]] = []
-        self.part_of = np.zeros(len(zone_column), dtype=np.intp)
-        self.local_of = np.zeros(len(zone_column), dtype=np.intp)
-        for code in np.unique(zone_column).tolist():
-            rows = np.flatnonzero(zone_column == code)
-            self.part_of[rows] = len(self.parts)
-            self.local_of[rows] = np.arange(len(rows))
-            self.parts.append((int(code), rows, masked[rows]))
-
-    def best(self, bonus: Mapping[int, float]) -> int | None:
-        """The row with the highest score + zone bonus (lowest row on ties), None if none fit."""
-        found: tuple[float, int] | None = None
-        for code, rows, scores in self.parts:
-            if not len(scores):
-                continue
-            local = int(scores.argmax())
-            value = float(scores[local])
-            if value == -np.inf:
-                continue
-            value += bonus.get(code, 0.0)
-            row = int(rows[local])
-            if found is None or value > found[0] or (value == found[0] and row < found[1]):
-                found = (value, row)
-        return None if found is None else found[1]
-
-    def set(self, row: int, score: float) -> None:
-        """Replace one row's score."""
-        self.parts[self.part_of[row]][2][self.local_of[row]] = score
 
 
 def explain(nodes: int, reasons: Mapping[str, int]) -> str:

@@ -9,7 +9,10 @@ weighted sum set by `Policy`:
   filter, so `fit` returns both.
 - spread (`spread_weight`): prefer the zone (`topology.hypermesh.io/zone`) holding the fewest
   instances of the same spread group (owner, else label set): 1 for the emptiest zone, 0 for
-  the fullest, nothing when they are level.
+  the fullest, nothing when they are level. Like Kubernetes' default spread constraints, this
+  applies only to instances that declare no `topologySpreadConstraints` of their own.
+- topology spread constraints (`topology_spread_weight`): the ScheduleAnyway constraints an
+  instance declares, scored in `spread` (the 2 to 1 default against fit is Kubernetes' own).
 - cost (`cost_weight`): cheap nodes by `hypermesh.io/cost-per-hour`, scaled between the
   cheapest and dearest node; unlabelled nodes score in the middle.
 - preferred node affinity (`node_affinity_weight`): matched weight / total weight.
@@ -29,7 +32,16 @@ import numpy as np
 from hypermesh.scheduler.instances import NodeConstraints, tolerates
 from hypermesh.scheduler.matrix import BoolArray, FloatArray, NodeMatrix
 
-__all__ = ["Fit", "Policy", "fit", "fit_row", "spread_bonus", "static_score", "zone_bonus"]
+__all__ = [
+    "Fit",
+    "Policy",
+    "RowFit",
+    "fit",
+    "fit_row",
+    "spread_bonus",
+    "static_score",
+    "zone_bonus",
+]
 
 Strategy = Literal["MostAllocated", "LeastAllocated"]
 
@@ -45,12 +57,13 @@ class Policy:
     cost_weight: float = 0.1
     node_affinity_weight: float = 1.0
     taint_weight: float = 1.0
+    topology_spread_weight: float = 2.0
 
     def __post_init__(self) -> None:
         if self.strategy not in ("MostAllocated", "LeastAllocated"):
             raise ValueError(f"strategy: {self.strategy!r} is not MostAllocated or LeastAllocated")
         for name in ("fit_weight", "spread_weight", "cost_weight", "node_affinity_weight",
-                     "taint_weight"):
+                     "taint_weight", "topology_spread_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: weights must not be negative")
         if any(w < 0 for w in self.resource_weights.values()):
@@ -116,28 +129,63 @@ def fit_row(
     matrix: NodeMatrix, requests: tuple[tuple[str, int], ...], policy: Policy, row: int
 ) -> float | None:
     """`fit` for one row in plain floats (same operations, same order): score, or None."""
-    free, inv, resources = matrix.free, matrix.inv_alloc, matrix.resources
-    for resource, amount in requests:
-        index = resources.get(resource)
-        if index is None or free[index, row] < amount:
+    return RowFit(matrix, requests, policy).score(row)
+
+
+class RowFit:
+    """`fit_row` for one shape, with the lookups done once.
+
+    Valid while the matrix's resources stay the same (a new resource may change what is
+    weighted, and what fits at all); callers that keep one check `len(matrix.resources)`.
+    """
+
+    __slots__ = ("matrix", "needed", "weighted", "total", "most", "fit_weight")
+
+    def __init__(
+        self, matrix: NodeMatrix, requests: tuple[tuple[str, int], ...], policy: Policy
+    ) -> None:
+        self.matrix = matrix
+        resources = matrix.resources
+        # None when some requested resource exists nowhere: then nothing fits.
+        self.needed: list[tuple[int, int]] | None = []
+        for resource, amount in requests:
+            index = resources.get(resource)
+            if index is None:
+                self.needed = None
+                break
+            self.needed.append((index, amount))
+        self.weighted = [
+            (index, weight, _amount(requests, resource))
+            for index, weight, resource in _weighted(matrix, policy)
+        ]
+        self.total = _total_weight(matrix, policy)
+        self.most = policy.strategy == "MostAllocated"
+        self.fit_weight = policy.fit_weight
+
+    def score(self, row: int) -> float | None:
+        """The fit score of `row`, or None if the requests do not fit there."""
+        if self.needed is None:
             return None
-    spare: float | None = None
-    for index, weight, resource in _weighted(matrix, policy):
-        term = float(free[index, row]) - _amount(requests, resource)
-        term *= float(inv[index, row])
-        if weight != 1:
-            term *= weight
-        spare = term if spare is None else spare + term
-    total = _total_weight(matrix, policy)
-    if spare is None:
-        score = 0.0
-    elif policy.strategy == "MostAllocated":
-        score = spare / -total + 1.0
-    else:
-        score = spare / total
-    if policy.fit_weight != 1:
-        score *= policy.fit_weight
-    return score
+        free, inv = self.matrix.free, self.matrix.inv_alloc
+        for index, amount in self.needed:
+            if free.item(index, row) < amount:
+                return None
+        spare: float | None = None
+        for index, weight, amount in self.weighted:
+            term = free.item(index, row) - amount
+            term *= inv.item(index, row)
+            if weight != 1:
+                term *= weight
+            spare = term if spare is None else spare + term
+        if spare is None:
+            score = 0.0
+        elif self.most:
+            score = spare / -self.total + 1.0
+        else:
+            score = spare / self.total
+        if self.fit_weight != 1:
+            score *= self.fit_weight
+        return score
 
 
 def _amount(requests: tuple[tuple[str, int], ...], resource: str) -> int:
