@@ -48,7 +48,7 @@ from hypermesh.operator import Context, Operator, Result
 from hypermesh.operator.conditions import get_condition, set_condition
 from hypermesh.operator.controller import Controller
 from hypermesh.operator.informer import object_key
-from hypermesh.scheduler import Decision, NodeMatrix, Policy, Scheduler, SpecError
+from hypermesh.scheduler import Decision, NodeMatrix, Policy, Scheduler, SpecError, filters
 from hypermesh.scheduler.quantities import QuantityError
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,20 @@ class SchedulerSettings:
     preemption: bool = True
 
 
+# Reasons that a placement elsewhere can lift: spread skew evens out, and a required affinity
+# finds its partner. (Resources, taints and anti-affinity only ease when something goes, and
+# removals already wake every unschedulable Instance.)
+_WAITS_FOR_PLACEMENTS = frozenset({filters.TOPOLOGY_SPREAD, filters.AFFINITY})
+
+
 @dataclass
 class _Unschedulable:
     """An Instance the last decision could not place, and when to look again."""
 
     attempts: int
     retry_at: float
+    # Whether another Instance being placed may make room (see _WAITS_FOR_PLACEMENTS).
+    waits_for_placements: bool = False
 
 
 def _pending(obj: dict[str, Any]) -> bool:
@@ -173,10 +181,13 @@ class SchedulerController:
             self.unschedulable.pop(key, None)
             # The bind write came back through the watch: the claim is now the cluster's.
             self.binding.discard(key)
+            known = key in self.matrix.bound
             try:
                 self.matrix.bind(obj, str(node))
             except (SpecError, QuantityError) as exc:
                 log.warning("instance %s bound to %s is not accountable: %s", key, node, exc)
+            if not known:
+                self._placed_elsewhere()  # bound by someone else (another scheduler, a user)
 
     def _cluster_changed(self) -> None:
         """Room may have appeared: every unschedulable Instance gets another look now."""
@@ -185,6 +196,15 @@ class SchedulerController:
         for key, state in self.unschedulable.items():
             state.retry_at = 0.0
             self.controller.queue.add(key)
+
+    def _placed_elsewhere(self) -> None:
+        """An Instance was placed: the ones waiting on spread or affinity get another look."""
+        if self.controller.queue is None:
+            return
+        for key, state in self.unschedulable.items():
+            if state.waits_for_placements:
+                state.retry_at = 0.0
+                self.controller.queue.add(key)
 
     # The reconcile: only sorts Instances into "pending" or not.
 
@@ -260,6 +280,8 @@ class SchedulerController:
                 binds.append((obj, decision.node))
             else:
                 tasks.append(loop.create_task(self._unschedulable(obj, decision)))
+        if binds:
+            self._placed_elsewhere()
         size = self.settings.bind_batch
         for start in range(0, len(binds), size):
             tasks.append(loop.create_task(self._bind(binds[start:start + size])))
@@ -312,7 +334,8 @@ class SchedulerController:
         state = self.unschedulable.get(key)
         attempts = state.attempts + 1 if state else 1
         delay = min(self.settings.retry_cap, self.settings.retry_base * 2 ** (attempts - 1))
-        self.unschedulable[key] = _Unschedulable(attempts, time.monotonic() + delay)
+        waits = any(reason in _WAITS_FOR_PLACEMENTS for reason in decision.reasons)
+        self.unschedulable[key] = _Unschedulable(attempts, time.monotonic() + delay, waits)
         if self.controller.queue is not None:
             self.controller.queue.add(key, delay)
         message = decision.message

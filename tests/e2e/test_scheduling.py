@@ -344,3 +344,55 @@ async def test_simulate_nodes_command_runs_a_workload(server: Server) -> None:
     finally:
         await client.aclose()
     assert codes == [0, 0], [p.stderr.read() if p.stderr else "" for p in procs]
+
+
+async def test_spread_blocked_instance_is_retried_when_another_is_placed(app: APIServer) -> None:
+    # A long backoff: without the wake-up on placements the blocked Instance would wait 30 s.
+    settings = controllers.ControllerSettings(
+        leader_election=False, informers=FAST, scheduler=SchedulerSettings(retry_base=30.0, retry_cap=60.0)
+    )
+    controller_client = AsyncClient.in_process(app, Identity("system:controllers", ("system:masters",)))
+    stop = asyncio.Event()
+    task = asyncio.create_task(controllers.run_all(controller_client, stop, settings=settings))
+    client = AsyncClient.in_process(app, ADMIN)
+    spread = [{
+        "maxSkew": 1,
+        "topologyKey": "topology.hypermesh.io/zone",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app": "s"}},
+    }]
+
+    def spread_instance(name: str, **spec: Any) -> dict[str, Any]:
+        body = instance(name, topologySpreadConstraints=spread, **spec)
+        body["metadata"]["labels"] = {"app": "s"}
+        return body
+
+    try:
+        async with simulated(client, simulate.SimSettings(count=2, zones=2, cpu="1", memory="2Gi")):
+            # zone-1's only node is full, so the first spread Instance lands in zone-0...
+            await client.create(INSTANCES, instance("filler", cpu="1", nodeName="sim-1"))
+            await client.create(INSTANCES, spread_instance("s1"))
+
+            async def bound(name: str) -> bool:
+                return node_of(await get_or_none(client, name)) is not None
+            await eventually(lambda: bound("s1"))
+            assert node_of(await client.get(INSTANCES, "s1", NS)) == "sim-0"
+
+            # ...and a second one fits nowhere: zone-0 would be 2 ahead of zone-1.
+            await client.create(INSTANCES, spread_instance("s2"))
+
+            async def blocked() -> bool:
+                condition = get_condition(await client.get(INSTANCES, "s2", NS), "Scheduled") or {}
+                return "topology spread" in condition.get("message", "")
+            await eventually(blocked)
+
+            # A matching Instance placed in zone-1 evens the count: s2 may now go to zone-0.
+            await client.create(INSTANCES, spread_instance("s3", nodeName="sim-1"))
+            await eventually(lambda: bound("s2"), timeout=10)
+            assert node_of(await client.get(INSTANCES, "s2", NS)) == "sim-0"
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, 5)
+        except TimeoutError:
+            task.cancel()
