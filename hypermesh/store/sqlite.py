@@ -50,6 +50,7 @@ from hypermesh.store.base import (
     StoreError,
     TxnResult,
 )
+from hypermesh.store.recent import RecentValues
 from hypermesh.store.sqlite_file import (
     _INSERT_KV,
     _LOAD_HEADS,
@@ -151,6 +152,8 @@ class SqliteStore(Store):
         self._revision = info.revision
         self._compact_revision = info.compact_revision
         self._hub = watching.WatchHub(queue_size=watch_queue_size)
+        # The latest values of recently written or read keys (see recent.py).
+        self._recent = RecentValues()
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
         self._writer_error: BaseException | None = None
@@ -216,8 +219,13 @@ class SqliteStore(Store):
             raise StoreClosedError("the store is closed")
         conn = self._loop_connection()
         if revision == 0:
+            found, kv = self._recent.lookup(key)
+            if found:
+                return kv
             # The latest version needs one statement, which is its own consistent snapshot.
-            return _read_latest(conn, key)
+            kv = _read_latest(conn, key)
+            self._recent.remember(key, kv, delivered_revision=self._revision)
+            return kv
         return self._in_read_txn(lambda c: _read_get(c, key, revision), conn)
 
     async def range(
@@ -510,6 +518,7 @@ class SqliteStore(Store):
     def _deliver(self, futures: list[asyncio.Future[TxnResult]], batch: _Batch) -> None:
         self._revision = batch.revision
         if batch.events:
+            self._recent.apply(batch.events)
             self._hub.publish(batch.events, batch.revision)
         for future, result in zip(futures, batch.results, strict=True):
             if not future.done():
