@@ -9,10 +9,10 @@ resume, and older resumptions get 410 Expired and relist.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
+from hypermesh.api.periodic import Periodic
 from hypermesh.store import Store
 
 log = logging.getLogger(__name__)
@@ -28,28 +28,19 @@ class Compactor:
     def __init__(self, store: Store, policy: CompactionPolicy) -> None:
         self.store = store
         self.policy = policy
-        self._task: asyncio.Task[None] | None = None
+        self._previous = store.revision
+        self._periodic = Periodic("compactor", policy.interval, self._compact)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="compactor")
-
-    async def _run(self) -> None:
-        previous = self.store.revision
-        while True:
-            await asyncio.sleep(self.policy.interval)
-            target = min(previous, self.store.revision - self.policy.min_history)
-            previous = self.store.revision
-            if target > self.store.compact_revision:
-                try:
-                    await self.store.compact(target)
-                    log.info("compacted history up to revision %d", target)
-                except Exception:
-                    log.exception("compaction to %d failed", target)
+        self._previous = self.store.revision
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self._periodic.stop()
+
+    async def _compact(self) -> None:
+        target = min(self._previous, self.store.revision - self.policy.min_history)
+        self._previous = self.store.revision
+        if target > self.store.compact_revision:
+            await self.store.compact(target)
+            log.info("compacted history up to revision %d", target)

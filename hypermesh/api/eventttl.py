@@ -10,13 +10,13 @@ Events whose last occurrence is older than the TTL. An Event that recurs (a seri
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from hypermesh.ages import parse_timestamp
 from hypermesh.api import errors
+from hypermesh.api.periodic import Periodic
 from hypermesh.api.storage import ObjectStorage
 from hypermesh.resources.registry import Registry
 
@@ -55,29 +55,19 @@ class EventExpiry:
         self.registry = registry
         self.ttl = ttl
         self.interval = min(300.0, max(1.0, ttl / 10))
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("event-expiry", self.interval, self._sweep_now)
 
     def start(self) -> None:
         if self.ttl > 0:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="event-expiry")
+            self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self._periodic.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                removed = await self.sweep(datetime.now(UTC))
-                if removed:
-                    log.info("deleted %d expired events (older than %.0fs)", removed, self.ttl)
-            except Exception:
-                log.exception("sweeping expired events failed")
+    async def _sweep_now(self) -> None:
+        removed = await self.sweep(datetime.now(UTC))
+        if removed:
+            log.info("deleted %d expired events (older than %.0fs)", removed, self.ttl)
 
     async def sweep(self, now: datetime) -> int:
         """Delete every Event expired at `now`; returns how many went."""

@@ -13,8 +13,10 @@ write that has completed (its batch delivered) is always visible. A value read f
 that is newer than the loop's revision (committed, not yet delivered) is returned but not
 remembered, or an older delivery could not overwrite it.
 
-Eviction is by insertion order (the oldest written or read first), bounded by `capacity`:
-recency of writes is what predicts the next read here, and it costs nothing to maintain.
+Eviction is by insertion order (the oldest written or read first), bounded by `capacity` keys
+and `max_bytes` of values (32 MiB: with 100,000 Instances in the store, an unbounded-by-size map
+of 65,536 keys added a third to the server's memory): recency of writes is what predicts the
+next read here, and it costs nothing to maintain.
 """
 
 from __future__ import annotations
@@ -22,17 +24,21 @@ from __future__ import annotations
 from hypermesh.store.base import Event, KeyValue
 
 DEFAULT_CAPACITY = 65_536
+DEFAULT_MAX_BYTES = 32 << 20
 _ABSENT = None
 
 
 class RecentValues:
-    """key -> latest KeyValue (None: deleted) for at most `capacity` keys."""
+    """key -> latest KeyValue (None: deleted) for at most `capacity` keys and `max_bytes` of
+    values."""
 
-    __slots__ = ("capacity", "_values")
+    __slots__ = ("capacity", "max_bytes", "_values", "_bytes")
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._values: dict[str, KeyValue | None] = {}
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._values)
@@ -58,10 +64,18 @@ class RecentValues:
 
     def clear(self) -> None:
         self._values.clear()
+        self._bytes = 0
 
     def _put(self, key: str, value: KeyValue | None) -> None:
         values = self._values
-        values.pop(key, None)
+        old = values.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.value)
         values[key] = value
-        if len(values) > self.capacity:
-            del values[next(iter(values))]
+        if value is not None:
+            self._bytes += len(value.value)
+        while len(values) > self.capacity or self._bytes > self.max_bytes:
+            oldest = next(iter(values))
+            gone = values.pop(oldest)
+            if gone is not None:
+                self._bytes -= len(gone.value)

@@ -118,14 +118,10 @@ async def app() -> AsyncIterator[APIServer]:
         await server.stop()
 
 
-@pytest.fixture
-async def client(app: APIServer) -> AsyncIterator[AsyncClient]:
+@contextlib.asynccontextmanager
+async def running_controllers(app: APIServer, scheduler: SchedulerSettings) -> AsyncIterator[AsyncClient]:
     """An admin client, with every controller (the scheduler included) running beside it."""
-    settings = controllers.ControllerSettings(
-        leader_election=False,
-        informers=FAST,
-        scheduler=SchedulerSettings(retry_base=0.2, retry_cap=2.0),
-    )
+    settings = controllers.ControllerSettings(leader_election=False, informers=FAST, scheduler=scheduler)
     controller_client = AsyncClient.in_process(app, Identity("system:controllers", ("system:masters",)))
     stop = asyncio.Event()
     task = asyncio.create_task(controllers.run_all(controller_client, stop, settings=settings))
@@ -137,6 +133,13 @@ async def client(app: APIServer) -> AsyncIterator[AsyncClient]:
             await asyncio.wait_for(task, 5)
         except TimeoutError:
             task.cancel()
+
+
+@pytest.fixture
+async def client(app: APIServer) -> AsyncIterator[AsyncClient]:
+    """Controllers with quick retries, and an admin client."""
+    async with running_controllers(app, SchedulerSettings(retry_base=0.2, retry_cap=2.0)) as admin:
+        yield admin
 
 
 @contextlib.asynccontextmanager
@@ -347,14 +350,6 @@ async def test_simulate_nodes_command_runs_a_workload(server: Server) -> None:
 
 
 async def test_spread_blocked_instance_is_retried_when_another_is_placed(app: APIServer) -> None:
-    # A long backoff: without the wake-up on placements the blocked Instance would wait 30 s.
-    settings = controllers.ControllerSettings(
-        leader_election=False, informers=FAST, scheduler=SchedulerSettings(retry_base=30.0, retry_cap=60.0)
-    )
-    controller_client = AsyncClient.in_process(app, Identity("system:controllers", ("system:masters",)))
-    stop = asyncio.Event()
-    task = asyncio.create_task(controllers.run_all(controller_client, stop, settings=settings))
-    client = AsyncClient.in_process(app, ADMIN)
     spread = [{
         "maxSkew": 1,
         "topologyKey": "topology.hypermesh.io/zone",
@@ -367,32 +362,29 @@ async def test_spread_blocked_instance_is_retried_when_another_is_placed(app: AP
         body["metadata"]["labels"] = {"app": "s"}
         return body
 
-    try:
-        async with simulated(client, simulate.SimSettings(count=2, zones=2, cpu="1", memory="2Gi")):
-            # zone-1's only node is full, so the first spread Instance lands in zone-0...
-            await client.create(INSTANCES, instance("filler", cpu="1", nodeName="sim-1"))
-            await client.create(INSTANCES, spread_instance("s1"))
+    # A long backoff: without the wake-up on placements the blocked Instance would wait 30 s.
+    slow_retries = SchedulerSettings(retry_base=30.0, retry_cap=60.0)
+    async with running_controllers(app, slow_retries) as client, simulated(
+        client, simulate.SimSettings(count=2, zones=2, cpu="1", memory="2Gi")
+    ):
+        # zone-1's only node is full, so the first spread Instance lands in zone-0...
+        await client.create(INSTANCES, instance("filler", cpu="1", nodeName="sim-1"))
+        await client.create(INSTANCES, spread_instance("s1"))
 
-            async def bound(name: str) -> bool:
-                return node_of(await get_or_none(client, name)) is not None
-            await eventually(lambda: bound("s1"))
-            assert node_of(await client.get(INSTANCES, "s1", NS)) == "sim-0"
+        async def bound(name: str) -> bool:
+            return node_of(await get_or_none(client, name)) is not None
+        await eventually(lambda: bound("s1"))
+        assert node_of(await client.get(INSTANCES, "s1", NS)) == "sim-0"
 
-            # ...and a second one fits nowhere: zone-0 would be 2 ahead of zone-1.
-            await client.create(INSTANCES, spread_instance("s2"))
+        # ...and a second one fits nowhere: zone-0 would be 2 ahead of zone-1.
+        await client.create(INSTANCES, spread_instance("s2"))
 
-            async def blocked() -> bool:
-                condition = get_condition(await client.get(INSTANCES, "s2", NS), "Scheduled") or {}
-                return "topology spread" in condition.get("message", "")
-            await eventually(blocked)
+        async def blocked() -> bool:
+            condition = get_condition(await client.get(INSTANCES, "s2", NS), "Scheduled") or {}
+            return "topology spread" in condition.get("message", "")
+        await eventually(blocked)
 
-            # A matching Instance placed in zone-1 evens the count: s2 may now go to zone-0.
-            await client.create(INSTANCES, spread_instance("s3", nodeName="sim-1"))
-            await eventually(lambda: bound("s2"), timeout=10)
-            assert node_of(await client.get(INSTANCES, "s2", NS)) == "sim-0"
-    finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(task, 5)
-        except TimeoutError:
-            task.cancel()
+        # A matching Instance placed in zone-1 evens the count: s2 may now go to zone-0.
+        await client.create(INSTANCES, spread_instance("s3", nodeName="sim-1"))
+        await eventually(lambda: bound("s2"), timeout=10)
+        assert node_of(await client.get(INSTANCES, "s2", NS)) == "sim-0"

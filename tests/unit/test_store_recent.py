@@ -43,6 +43,17 @@ def test_the_oldest_entry_goes_first() -> None:
     assert len(recent) == 2
 
 
+def test_values_are_bounded_by_bytes_too() -> None:
+    recent = RecentValues(capacity=100, max_bytes=10)
+    recent.apply([Event("PUT", kv("a", 1, b"12345")), Event("PUT", kv("b", 2, b"12345"))])
+    assert recent.lookup("a")[0] and recent.lookup("b")[0]
+    recent.apply([Event("PUT", kv("c", 3, b"1"))])
+    assert recent.lookup("a") == (False, None)  # the oldest went to make room
+    recent.apply([Event("PUT", kv("b", 4, b"1"))])  # rewritten smaller: the count follows
+    recent.apply([Event("PUT", kv("d", 5, b"12345"))])
+    assert recent.lookup("b")[0] and recent.lookup("c")[0] and recent.lookup("d")[0]
+
+
 async def test_store_reads_follow_writes_through_the_memory(tmp_path: Path) -> None:
     store = await SqliteStore.open(tmp_path / "s.db")
     try:
