@@ -1,8 +1,7 @@
 """The kinds the controllers read and write, and the ownerReference index they share.
 
-Controllers talk to the server through `hypermesh.client`, which names a kind with a client
-`Resource`; the two hypermesh.io kinds every controller here needs are spelled out once so no
-module guesses a plural. `OwnerIndex` answers "which objects does this uid own?" without a scan:
+The kinds themselves live in `hypermesh.client.kinds` (the node agent needs them too) and are
+re-exported here. `OwnerIndex` answers "which objects does this uid own?" without a scan:
 it is kept in step by informer subscriptions (which also see relist differences), so a
 Workload with three Instances costs three lookups, not a walk over fifty thousand.
 """
@@ -12,38 +11,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from hypermesh.client.kinds import INSTANCES, NODES, WORKLOADS
 from hypermesh.client.resources import Resource
 from hypermesh.operator.informer import object_key
-
-WORKLOADS = Resource(
-    group="hypermesh.io",
-    version="v1",
-    kind="Workload",
-    plural="workloads",
-    singular="workload",
-    namespaced=True,
-    short_names=("wl",),
-    subresources=("status",),
-)
-NODES = Resource(
-    group="hypermesh.io",
-    version="v1",
-    kind="Node",
-    plural="nodes",
-    singular="node",
-    namespaced=False,
-    short_names=("no",),
-    subresources=("status",),
-)
-INSTANCES = Resource(
-    group="hypermesh.io",
-    version="v1",
-    kind="Instance",
-    plural="instances",
-    singular="instance",
-    namespaced=True,
-    subresources=("status",),
-)
 
 
 def owner_references(obj: dict[str, Any]) -> list[dict[str, Any]]:
@@ -87,3 +57,6 @@ class OwnerIndex:
     def dependents(self, uid: str) -> list[tuple[Resource, str]]:
         """(resource, `namespace/name`) of every indexed object owned by `uid`."""
         return sorted(self._by_owner.get(uid, ()), key=lambda entry: entry[1])
+
+
+__all__ = ["INSTANCES", "NODES", "WORKLOADS", "OwnerIndex", "controller_of", "owner_references"]

@@ -89,10 +89,13 @@ class Informer:
         *,
         namespace: str | None = None,
         settings: InformerSettings | None = None,
+        field_selector: str | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
         self.namespace = namespace
+        # A server-side filter (a node agent watches only the Instances bound to it).
+        self.field_selector = field_selector
         self.settings = settings or InformerSettings()
         self.cache: dict[str, dict[str, Any]] = {}
         self.synced = asyncio.Event()
@@ -171,7 +174,7 @@ class Informer:
         await asyncio.sleep(delay)
 
     async def _relist(self) -> None:
-        listing = await self.client.list(self.resource, self.namespace)
+        listing = await self.client.list(self.resource, self.namespace, field_selector=self.field_selector)
         self.stats.lists += 1
         fresh = {object_key(obj): obj for obj in listing.get("items") or []}
         for obj in fresh.values():
@@ -199,6 +202,7 @@ class Informer:
             self.namespace,
             resource_version=self.resource_version or None,
             timeout_seconds=self.settings.watch_timeout,
+            field_selector=self.field_selector,
         )
         async with contextlib.aclosing(events):
             await self._consume(events)
