@@ -51,7 +51,7 @@ def server_url(host: str, port: int) -> str:
     return f"https://{connect}:{port}"
 
 
-async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = False, controllers: bool = False, event_ttl: float = 3600.0) -> int:
+async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = False, controllers: bool = False, event_ttl: float = 3600.0, agent: bool = False) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
     from hypermesh.api.app import APIServer
     from hypermesh.api.compactor import CompactionPolicy
@@ -103,6 +103,11 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
         from hypermesh.cli.controllers import start_in_process
 
         controllers_task = start_in_process(app, controllers_stop)
+    agent_task: asyncio.Task[None] | None = None
+    if agent:
+        from hypermesh.cli import agent as local_agent
+
+        agent_task = local_agent.start_in_process(app, controllers_stop, data_dir=data_dir)
 
     ready = loop.create_task(both_ready())
     done, _ = await asyncio.wait({ready, *tasks}, return_when=asyncio.FIRST_COMPLETED)
@@ -123,12 +128,14 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
         if task in done and task.exception() is not None:
             log.error("listener %s failed: %s", task.get_name(), task.exception())
             code = 1
-    if controllers_task is not None:
-        controllers_stop.set()
+    controllers_stop.set()
+    for name, background in (("controllers", controllers_task), ("agent", agent_task)):
+        if background is None:
+            continue
         try:
-            await asyncio.wait_for(controllers_task, 10)
+            await asyncio.wait_for(background, 10)
         except Exception as exc:  # a failed or slow controller must not block shutdown
-            log.error("controllers did not stop cleanly: %r", exc)
+            log.error("%s did not stop cleanly: %r", name, exc)
     # Drain: end watch streams first so the listeners' graceful shutdown does not wait on them.
     await app.stop()
     listeners_stop.set()
@@ -191,8 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default="sim", help="Node names are <prefix>-<i>")
     p.add_argument("--cleanup", action="store_true", help="delete the Nodes on exit")
 
+    p = sub.add_parser("agent", help="run a node agent: register this machine and run the Instances bound to it")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="the server and credentials (default: $KUBECONFIG)")
+    p.add_argument("--name", default=None, help="the Node name (default: the host name)")
+    p.add_argument("--data-dir", type=Path, default=Path("/var/lib/hypermesh/agent"), help="images, container state and logs")
+    p.add_argument("--zone", default=None, help="the topology.hypermesh.io/zone label")
+    p.add_argument("--oci-runtime", choices=("runc", "crun"), default=None, help="force an OCI runtime (default: crun if it works here, else runc)")
+    p.add_argument("--bridge", default="hm0", help="the node bridge Instances attach to")
+    p.add_argument("--cluster-prefix", default=None, help="the cluster's IPv6 ULA /48 (default: fd68:6d65:7368::/48)")
+
     p = sub.add_parser("up", help="run the single-machine cluster in the foreground")
     p.add_argument("--listen", default="127.0.0.1:6443", type=_split_listen)
+    p.add_argument("--no-agent", action="store_true", help="no local node agent (then nothing runs Instances)")
 
     p = sub.add_parser("backup", help="write a consistent snapshot of the state (safe while the server runs)")
     p.add_argument("--data-dir", required=True, type=Path)
@@ -218,9 +235,17 @@ def main(argv: list[str] | None = None) -> int:
 
         sim = SimSettings(count=args.count, zones=args.zones, cpu=args.cpu, memory=args.memory, pods=args.pods, prefix=args.prefix, cleanup=args.cleanup)
         return _run(run_simulator(args.kubeconfig, sim))
+    if args.command == "agent":
+        from hypermesh.cli import agent as node_agent
+
+        name = args.name or node_agent.default_name()
+        return _run(node_agent.run_standalone(
+            args.kubeconfig, name=name, data_dir=args.data_dir, zone=args.zone, oci_runtime=args.oci_runtime,
+            bridge=args.bridge, cluster_prefix=args.cluster_prefix,
+        ))
     if args.command == "up":
         host, port = args.listen
-        return _run(run_server(_home(), host, port, banner=True, controllers=True))
+        return _run(run_server(_home(), host, port, banner=True, controllers=True, agent=not args.no_agent))
     if args.command == "backup":
         from hypermesh.store import backup
 

@@ -1,0 +1,296 @@
+"""The node agent: this machine as a Node, its heartbeat, and a supervisor per bound Instance.
+
+`hypermesh agent` (and the local agent of `hypermesh up`) runs one `Agent`:
+
+- at start it prepares the node: the image store (with the built-in busybox image), the OCI
+  runtime (crun when it works here without host changes, runc otherwise; `--oci-runtime`
+  forces one), and the node bridge for Instance networking;
+- it registers its Node (capacity and allocatable from the host, labels for arch, os and zone,
+  nodeInfo naming the runtime) or updates it if it exists, and renews its Lease in
+  `hypermesh-node-lease` every 10 s: the nodes controller fences a Node whose Lease goes stale;
+- it watches only the Instances bound to it (`fieldSelector=spec.nodeName=<node>`) and keeps
+  one `Supervisor` per Instance, which runs, restarts, reports and finally cleans up;
+- on start it also removes what belongs to no Instance any more (network namespaces and
+  containers of Instances deleted while the agent was down), and adopts what still runs.
+
+Stopping the agent leaves the containers running, as stopping kubelet does: a restarted agent
+takes them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from ipaddress import IPv6Network
+from pathlib import Path
+from typing import Any
+
+from hypermesh.client.aio import AsyncClient
+from hypermesh.client.errors import ApiError, ClientError
+from hypermesh.client.kinds import INSTANCES, NODES
+from hypermesh.operator.informer import Informer, InformerSettings, object_key
+from hypermesh.operator.leader import LEASES, format_micro_time
+from hypermesh.runtime import hostinfo, images, network, rootfs, runc
+from hypermesh.runtime.supervisor import FIELD_MANAGER, NodeServices, Supervisor, container_id
+
+log = logging.getLogger(__name__)
+
+LEASE_NAMESPACE = "hypermesh-node-lease"
+# The cluster's ULA /48 (fd + 40 random-looking bits, fixed so every node agrees by default).
+DEFAULT_CLUSTER_PREFIX = "fd68:6d65:7368::/48"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """How one agent runs; the defaults suit a single-machine cluster."""
+
+    node_name: str
+    data_dir: Path
+    zone: str | None = None
+    oci_runtime: str | None = None
+    lease_interval: float = 10.0
+    lease_duration: int = 40
+    cluster_prefix: str = DEFAULT_CLUSTER_PREFIX
+    bridge: str = "hm0"
+    host_ip: str = "::1"
+    version: str = "0.1.0"
+
+
+def node_prefix(cluster: IPv6Network, node_name: str, wanted: str | None) -> IPv6Network:
+    """The node's /64: the Node's spec.instanceCIDR if set, else one derived from its name."""
+    if wanted:
+        return IPv6Network(wanted)
+    # The 16 subnet bits of the /48 from a hash of the name: stable across restarts, and two
+    # nodes collide only with probability 1/65536 (a Node's spec.instanceCIDR settles it).
+    subnet = int.from_bytes(hashlib.sha256(node_name.encode()).digest()[:2], "big")
+    return network.node_prefix(cluster, subnet % (1 << (64 - cluster.prefixlen)))
+
+
+class Agent:
+    """Registers the Node, heartbeats, and supervises the Instances bound to it."""
+
+    def __init__(self, client: AsyncClient, settings: AgentSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.supervisors: dict[str, Supervisor] = {}
+        self.services: NodeServices | None = None
+        self.ready = asyncio.Event()
+        self.informer = Informer(
+            client,
+            INSTANCES,
+            field_selector=f"spec.nodeName={settings.node_name}",
+            settings=InformerSettings(watch_timeout=300),
+        )
+
+    # Running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Prepare, register and supervise until `stop` is set."""
+        existing = await self._existing_node()
+        prefix = node_prefix(
+            IPv6Network(self.settings.cluster_prefix),
+            self.settings.node_name,
+            ((existing or {}).get("spec") or {}).get("instanceCIDR"),
+        )
+        self.services = await asyncio.to_thread(self._prepare, prefix)
+        await self._register(existing, prefix)
+        await self._renew_lease()
+        self.informer.subscribe(self._on_instance)
+        tasks = [
+            asyncio.create_task(self.informer.run(), name="agent-informer"),
+            asyncio.create_task(self._heartbeat(stop), name="agent-heartbeat"),
+        ]
+        try:
+            await asyncio.wait_for(self.informer.synced.wait(), 60)
+            await self._cleanup_orphans()
+            self.ready.set()
+            log.info("node %s ready (runtime %s)", self.settings.node_name, self.services.runtime.name)
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            # Containers keep running; only the supervisors' watch loops stop.
+            for supervisor in self.supervisors.values():
+                if supervisor._task is not None:
+                    supervisor._task.cancel()
+
+    def _prepare(self, prefix: IPv6Network) -> NodeServices:
+        data = self.settings.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        os.chmod(data, 0o700)
+        store = images.ImageStore(data / "images")
+        store.ensure_busybox()
+        runtime = runc.OciRuntime.detect(data / "oci", force=self.settings.oci_runtime)
+        log.info("OCI runtime: %s (%s)", runtime.name, runtime.reason)
+        node_net = network.NodeNetwork(
+            cluster_prefix=IPv6Network(self.settings.cluster_prefix),
+            node_prefix=prefix,
+            bridge=self.settings.bridge,
+            gateway=prefix.network_address + 1,
+        )
+        manager = network.NetworkManager(node_net, data / "network")
+        manager.ensure_bridge()
+        return NodeServices(
+            client=self.client,
+            node_name=self.settings.node_name,
+            data_dir=data,
+            images=store,
+            runtime=runtime,
+            network=manager,
+            host_ip=str(node_net.gateway),
+        )
+
+    # The Node and its Lease
+
+    async def _existing_node(self) -> dict[str, Any] | None:
+        try:
+            return await self.client.get(NODES, self.settings.node_name)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _node_status(self, gateway: str) -> dict[str, Any]:
+        assert self.services is not None
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        runtime = self.services.runtime
+        return {
+            "capacity": hostinfo.capacity(),
+            "allocatable": hostinfo.allocatable(),
+            "addresses": [
+                {"type": "InternalIP", "address": gateway},
+                {"type": "Hostname", "address": self.settings.node_name},
+            ],
+            "nodeInfo": hostinfo.node_info(runtime.name, runtime.version, self.settings.version),
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "AgentReady",
+                    "message": f"node agent is running Instances with {runtime.name}",
+                    "lastTransitionTime": now,
+                    "lastHeartbeatTime": now,
+                }
+            ],
+        }
+
+    async def _register(self, existing: dict[str, Any] | None, prefix: IPv6Network) -> None:
+        assert self.services is not None
+        status = self._node_status(self.services.host_ip)
+        labels = hostinfo.labels(self.settings.node_name, self.settings.zone)
+        if existing is None:
+            body = {
+                "apiVersion": NODES.api_version,
+                "kind": NODES.kind,
+                "metadata": {"name": self.settings.node_name, "labels": labels},
+                "spec": {"instanceCIDR": str(prefix)},
+                "status": status,
+            }
+            existing = await self.client.create(NODES, body, field_manager=FIELD_MANAGER)
+        else:
+            await self.client.patch(
+                NODES, self.settings.node_name, None,
+                {"metadata": {"labels": labels}, "spec": {"instanceCIDR": str(prefix)}},
+                field_manager=FIELD_MANAGER,
+            )
+        # Status is a subresource: a create ignores it, so it is always written here.
+        await self.client.update_status(NODES, self.settings.node_name, None, status, field_manager=FIELD_MANAGER)
+
+    async def _renew_lease(self) -> None:
+        name = self.settings.node_name
+        now = format_micro_time(datetime.now(UTC))
+        try:
+            await self.client.patch(
+                LEASES, name, LEASE_NAMESPACE, {"spec": {"renewTime": now, "holderIdentity": name}},
+                field_manager=FIELD_MANAGER,
+            )
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            lease = {
+                "apiVersion": LEASES.api_version,
+                "kind": LEASES.kind,
+                "metadata": {"name": name, "namespace": LEASE_NAMESPACE},
+                "spec": {
+                    "holderIdentity": name,
+                    "leaseDurationSeconds": self.settings.lease_duration,
+                    "renewTime": now,
+                },
+            }
+            await self.client.create(LEASES, lease, LEASE_NAMESPACE, field_manager=FIELD_MANAGER)
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.lease_interval)
+            if stop.is_set():
+                return
+            try:
+                await self._renew_lease()
+            except (ApiError, ClientError) as exc:
+                # One missed renewal is not fatal (the Lease lasts four intervals).
+                log.warning("lease of node %s not renewed: %s", self.settings.node_name, exc)
+
+    # Instances
+
+    def _on_instance(self, event: str, obj: dict[str, Any]) -> None:
+        assert self.services is not None
+        uid = str(obj["metadata"].get("uid"))
+        supervisor = self.supervisors.get(uid)
+        if event == "DELETED":
+            if supervisor is not None:
+                supervisor.delete()
+                self._forget_when_done(uid, supervisor)
+            return
+        if supervisor is not None:
+            supervisor.update(obj)
+            return
+        if obj["metadata"].get("deletionTimestamp"):
+            return
+        if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") and not self._has_state(uid):
+            return  # finished before this agent started; nothing left to run
+        supervisor = Supervisor(self.services, obj)
+        self.supervisors[uid] = supervisor
+        supervisor.start()
+        log.info("supervising %s", object_key(obj))
+
+    def _forget_when_done(self, uid: str, supervisor: Supervisor) -> None:
+        async def forget() -> None:
+            await supervisor.wait()
+            if self.supervisors.get(uid) is supervisor:
+                del self.supervisors[uid]
+
+        asyncio.get_running_loop().create_task(forget())
+
+    def _has_state(self, uid: str) -> bool:
+        assert self.services is not None
+        return (self.services.data_dir / "instances" / uid).exists()
+
+    async def _cleanup_orphans(self) -> None:
+        """Containers and networks of Instances that no longer exist here go."""
+        assert self.services is not None
+        live = {str(obj["metadata"].get("uid")) for obj in self.informer.list()}
+        removed = await asyncio.to_thread(self.services.network.cleanup_orphans, live)
+        known = {container_id(uid, "") for uid in live}
+        for cid in self.services.runtime.list():
+            if not any(cid.startswith(prefix) for prefix in known):
+                await self.services.runtime.delete(cid)
+                removed.append(cid)
+        instances_dir = self.services.data_dir / "instances"
+        for path in sorted(instances_dir.iterdir()) if instances_dir.is_dir() else []:
+            if path.name not in live:
+                for workdir in path.iterdir():
+                    await asyncio.to_thread(rootfs.unmount_rootfs, workdir)
+                await asyncio.to_thread(shutil.rmtree, path, True)
+                removed.append(f"instances/{path.name}")
+        if removed:
+            log.info("removed leftovers of deleted Instances: %s", ", ".join(removed))
