@@ -7,6 +7,11 @@ for one container and decides, from `restartPolicy` and the exit, whether and wh
 again. It does no I/O, so the rules (backoff 10 s doubling to 5 min, reset after 10 minutes of
 running; OnFailure restarts only on a non-zero exit; OOMKilled as the reason of a kill by the
 memory limit) are testable on their own.
+
+Probes feed in from outside: `started` and `ready` are whatever the supervisor's probes last
+said (both false whenever the container is not running), and a container the agent killed for
+failing its liveness or startup probe carries that explanation into its terminated state, where
+users look for why a container restarted.
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ class ContainerRecord:
     image_id: str = ""
     container_id: str = ""
     ready: bool = False
+    # Whether the startup probe passed (true as soon as it runs when there is none).
+    started: bool = False
+    # Why the agent killed the running container, told in its terminated state once it ends.
+    kill_message: str = ""
     # When the next start may happen (monotonic seconds), and consecutive quick crashes.
     not_before: float = 0.0
     crashes: int = 0
@@ -68,16 +77,25 @@ class ContainerRecord:
     # Transitions
 
     def waiting(self, reason: str, message: str = "") -> None:
-        self.phase, self.reason, self.message, self.ready = "waiting", reason, message, False
+        self.phase, self.reason, self.message = "waiting", reason, message
+        self.ready = self.started = False
 
     def running(self, now: datetime, container_id: str, image_id: str) -> None:
+        """A new run began; it is neither started nor ready until the probes (if any) say so."""
         self.phase, self.reason, self.message = "running", "", ""
         self.started_at, self.finished_at, self.exit = now, None, None
         self.container_id, self.image_id = container_id, image_id
+        self.ready = self.started = False
+        self.kill_message = ""
+
+    def killing(self, message: str) -> None:
+        """The agent is killing the running container, for the reason in `message`."""
+        self.kill_message = message
 
     def terminated(self, exit: Exit, now: datetime) -> None:
-        self.phase, self.reason, self.message, self.ready = "terminated", exit.reason, "", False
-        self.exit, self.finished_at = exit, now
+        self.phase, self.reason, self.message = "terminated", exit.reason, self.kill_message
+        self.ready = self.started = False
+        self.exit, self.finished_at, self.kill_message = exit, now, ""
 
     def should_restart(self, policy: RestartPolicy) -> bool:
         """Whether a terminated container starts again under `policy`."""
@@ -119,7 +137,7 @@ class ContainerRecord:
             "name": self.name,
             "image": self.image,
             "ready": self.ready,
-            "started": self.phase == "running",
+            "started": self.phase == "running" and self.started,
             "restartCount": self.restart_count,
             "state": self._state(),
         }
@@ -146,6 +164,8 @@ class ContainerRecord:
         state: dict[str, Any] = {"exitCode": exit.code, "reason": exit.reason}
         if exit.signal:
             state["signal"] = exit.signal
+        if self.message:
+            state["message"] = self.message
         if self.started_at is not None:
             state["startedAt"] = rfc3339(self.started_at)
         if self.finished_at is not None:

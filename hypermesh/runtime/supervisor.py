@@ -15,6 +15,18 @@ changed, so a steady node writes nothing.
 Adoption: a supervisor that finds its container already running (the agent restarted; runc
 state and the shim survived) takes it over instead of starting a second copy; the exit status
 of a container that ended while the agent was away is read from the shim's exit file.
+
+Health: each run of a container gets its probes (`probes.ContainerProbes`), started with the run
+and stopped when it ends or the Instance goes. The supervisor turns their conclusions into the
+container's `started` and `ready`, and kills a container whose startup or liveness probe
+failed (SIGKILL at once: probes in this schema have no grace period of their own, and a
+graceful stop would hold up this Instance's loop); the restart rules then apply as to any exit,
+and the terminated state says which probe failed. Probe failures become Warning `Unhealthy`
+Events on the Instance, once per streak of failures.
+
+Logs: before a container starts again its finished run's output becomes the `previous` files,
+and from the poll loop, every few seconds, files that grew too large are rotated
+(`logfiles`).
 """
 
 from __future__ import annotations
@@ -25,10 +37,10 @@ import logging
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -36,7 +48,8 @@ from hypermesh.client.aio import AsyncClient
 from hypermesh.client.errors import ApiError, ClientError
 from hypermesh.client.kinds import INSTANCES
 from hypermesh.operator.conditions import ConditionStatus, set_condition
-from hypermesh.runtime import images, network, oci, rootfs, runc
+from hypermesh.operator.events import EventRecorder
+from hypermesh.runtime import images, logfiles, network, oci, probes, rootfs, runc
 from hypermesh.runtime.containers import (
     ContainerRecord,
     Exit,
@@ -51,6 +64,8 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.5
 # After SIGKILL, how long to wait for the exit before deleting anyway.
 KILL_WAIT = 5.0
+# How often the containers' log files are checked for rotation.
+LOG_CHECK_INTERVAL = 5.0
 FIELD_MANAGER = "hypermesh-agent"
 
 
@@ -65,6 +80,11 @@ class NodeServices:
     runtime: runc.OciRuntime
     network: network.NetworkManager
     host_ip: str
+    # One recorder for the node, so repeated Events of any Instance fold into counts.
+    events: EventRecorder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events = EventRecorder(self.client, FIELD_MANAGER, host=self.node_name)
 
 
 def container_id(uid: str, name: str) -> str:
@@ -97,8 +117,11 @@ class Supervisor:
         self.address: str | None = None
         self.started: datetime | None = None
         self.deleted = asyncio.Event()
+        # The probes of each container's current run, by container name.
+        self.health: dict[str, probes.ContainerProbes] = {}
         self._wake = asyncio.Event()
         self._reported: bytes = b""
+        self._logs_due = 0.0
         self._task: asyncio.Task[None] | None = None
 
     # Driving
@@ -129,6 +152,9 @@ class Supervisor:
                 for index, record in enumerate(self.records):
                     await self._step(index, record)
                 await self._report()
+                if time.monotonic() >= self._logs_due:
+                    self._logs_due = time.monotonic() + LOG_CHECK_INTERVAL
+                    await asyncio.to_thread(self._rotate_logs)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
@@ -137,6 +163,10 @@ class Supervisor:
         except Exception:
             log.exception("supervising %s failed", self.key)
         finally:
+            # Whether the Instance goes or only the agent stops, no probe outlives this task.
+            for checks in self.health.values():
+                checks.cancel()
+            await self._stop_probes()
             if self.deleted.is_set():
                 await self._teardown()
 
@@ -157,7 +187,9 @@ class Supervisor:
         if record.phase == "running":
             exit = self.services.runtime.exit_status(workdir / "exit")
             if exit is None:
+                await self._check_health(record, cid)
                 return
+            await self._stop_probes(record.name)
             record.terminated(Exit(exit.code, exit.signal, exit.oom_killed), datetime.now(UTC))
             if exit.error:
                 record.message = exit.error[-500:]  # the runtime could not start it
@@ -176,7 +208,7 @@ class Supervisor:
         if state is not None and state.status in ("running", "created"):
             if self.services.runtime.exit_status(workdir / "exit") is None:
                 record.running(datetime.now(UTC), cid, record.image_id)
-                record.ready = True
+                self._watch(container, record, cid)
                 return
         try:
             image = await asyncio.to_thread(self.services.images.resolve, record.image)
@@ -192,7 +224,11 @@ class Supervisor:
             bundle = await asyncio.to_thread(self._prepare_bundle, container, image, workdir, f"spec.containers[{index}]")
             await self.services.runtime.delete(cid)
             await self.services.runtime.run(
-                cid, bundle, stdout=workdir / "stdout.log", stderr=workdir / "stderr.log", exit_file=workdir / "exit"
+                cid,
+                bundle,
+                stdout=logfiles.current_log(workdir, "stdout"),
+                stderr=logfiles.current_log(workdir, "stderr"),
+                exit_file=workdir / "exit",
             )
         except (oci.SpecError, ValueError) as exc:
             record.waiting("CreateContainerConfigError", str(exc))
@@ -205,8 +241,7 @@ class Supervisor:
             record.not_before = time.monotonic() + 10.0
             return
         record.running(datetime.now(UTC), cid, image.digest)
-        # Without a readiness probe a running container is ready, as in Kubernetes.
-        record.ready = True
+        self._watch(container, record, cid)
 
     def _prepare_bundle(self, container: dict[str, Any], image: images.Image, workdir: Path, field_path: str) -> Path:
         """A fresh writable layer and config.json for one start of the container."""
@@ -218,6 +253,8 @@ class Supervisor:
             elif path.exists():
                 path.unlink()
         workdir.mkdir(parents=True, exist_ok=True)
+        # The last run's output becomes `--previous`; the new shim starts fresh files.
+        logfiles.keep_previous(workdir)
         root = rootfs.mount_rootfs(image, workdir)
         spec = oci.runtime_spec(
             container=container,
@@ -232,6 +269,78 @@ class Supervisor:
         bundle.mkdir(exist_ok=True)
         (bundle / "config.json").write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
         return bundle
+
+    # Health
+
+    def _watch(self, container: dict[str, Any], record: ContainerRecord, cid: str) -> None:
+        """Start the probes of the run that just began (or was adopted)."""
+        target = probes.Target(
+            container_id=cid,
+            address=self.address or "",
+            ports=probes.named_ports(container),
+            runtime=self.services.runtime,
+        )
+        checks = probes.for_container(
+            container,
+            target,
+            # Adopted runs are probed as if they had just started: initial delays count again.
+            started_at=time.monotonic(),
+            on_change=self._wake.set,
+            on_event=self._record_event,
+        )
+        self.health[record.name] = checks
+        checks.start()
+        # Without probes a running container is started and ready at once, as in Kubernetes.
+        record.started, record.ready = checks.started, checks.ready
+
+    async def _check_health(self, record: ContainerRecord, cid: str) -> None:
+        """Copy the probes' conclusions into the record; kill the run if it is unhealthy."""
+        checks = self.health.get(record.name)
+        if checks is None:
+            return
+        record.started = checks.started
+        # A container being killed serves nothing, whatever its readiness probe said last.
+        record.ready = checks.ready and not record.kill_message
+        if checks.unhealthy is None or record.kill_message:
+            return
+        record.killing(checks.unhealthy)
+        record.ready = False
+        # A SIGKILL exits with 137, which every policy but Never restarts.
+        restarts = self.policy != "Never"
+        log.info("%s: killing container %s: %s", self.key, record.name, checks.unhealthy)
+        await self._record_event(
+            "Normal",
+            "Killing",
+            f"Container {record.name} failed {checks.failed} probe"
+            + (", will be restarted" if restarts else ""),
+        )
+        try:
+            await self.services.runtime.kill(cid, signal.SIGKILL, all_processes=True)
+        except Exception as exc:  # noqa: BLE001 - the exit (or its absence) is seen on the next poll
+            log.warning("%s: killing %s failed: %s", self.key, record.name, exc)
+
+    async def _stop_probes(self, name: str | None = None) -> None:
+        """Stop the probes of one container (or of all), and wait until they are gone."""
+        names = [name] if name is not None else list(self.health)
+        for checks in [self.health.pop(n) for n in names if n in self.health]:
+            await checks.stop()
+
+    async def _record_event(self, type: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        # Informer items may lack kind and apiVersion; the Event's involvedObject needs both.
+        subject = {"kind": INSTANCES.kind, "apiVersion": INSTANCES.api_version, "metadata": self.instance["metadata"]}
+        await self.services.events.record(subject, reason, message, type)
+
+    # Logs
+
+    def _rotate_logs(self) -> None:
+        for record in self.records:
+            try:
+                rotated = logfiles.rotate_container(self.dir / record.name)
+            except OSError as exc:
+                log.warning("%s: rotating the logs of %s failed: %s", self.key, record.name, exc)
+                continue
+            if rotated:
+                log.info("%s: rotated %s", self.key, ", ".join(path.name for path in rotated))
 
     # Stopping
 
@@ -277,8 +386,8 @@ class Supervisor:
         now = rfc3339(datetime.now(UTC))
         conditions = set_condition(conditions, "Initialized", "True", "NetworkReady", "", now=now)
         containers_ready: ConditionStatus = "True" if ready else "False"
-        waiting = [r for r in self.records if r.phase != "running"]
-        why = "" if ready else ", ".join(f"{r.name}: {r.reason or r.phase}" for r in waiting)
+        unready = [r for r in self.records if not (r.ready and r.phase == "running")]
+        why = "" if ready else ", ".join(f"{r.name}: {_unready(r)}" for r in unready)
         conditions = set_condition(conditions, "ContainersReady", containers_ready, "ContainersReady" if ready else "ContainersNotReady", why, now=now)
         conditions = set_condition(conditions, "Ready", containers_ready, "ContainersReady" if ready else "ContainersNotReady", why, now=now)
         status: dict[str, Any] = {
@@ -308,6 +417,15 @@ class Supervisor:
                 log.warning("%s: status not written: %s", self.key, exc)
         except ClientError as exc:
             log.warning("%s: status not written: %s", self.key, exc)
+
+
+def _unready(record: ContainerRecord) -> str:
+    """Why a container is not ready, in a word or three for the Ready condition's message."""
+    if record.phase != "running":
+        return record.reason or record.phase
+    if record.kill_message:
+        return "Unhealthy"
+    return "StartupProbeNotPassed" if not record.started else "ReadinessProbeNotPassed"
 
 
 def _without_times(value: Any) -> Any:
