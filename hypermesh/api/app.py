@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from hypermesh.api import binding, discovery, errors, paths, tables
+from hypermesh.api import binding, discovery, errors, paths, proxy, tables
 from hypermesh.api.admission import Admission
 from hypermesh.api.compactor import CompactionPolicy, Compactor
 from hypermesh.api.customresources import CustomResources, hypermesh_crds
@@ -38,7 +39,14 @@ PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/version"})
 class APIServer:
     """The Kubernetes-compatible API over one state engine."""
 
-    def __init__(self, store: Store, *, compaction: CompactionPolicy | None = None, event_ttl: float = DEFAULT_TTL) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        compaction: CompactionPolicy | None = None,
+        event_ttl: float = DEFAULT_TTL,
+        pki_dir: Path | None = None,
+    ) -> None:
         self.store = store
         self.compactor = Compactor(store, compaction or CompactionPolicy())
         self.registry = Registry()
@@ -58,6 +66,11 @@ class APIServer:
         self.discovery = discovery.Discovery(self.registry)
         self.openapi = OpenAPI(self.registry)
         self.shutdown = asyncio.Event()
+        # Logs and exec go to node agents with a client certificate from the CA in `pki_dir`
+        # (by default the `pki` directory beside the store's file).
+        self.proxy = proxy.AgentProxy(self.storage, self.registry, self.shutdown, pki_dir or proxy.pki_dir_of(store))
+        # The cluster CA once started: an in-process node agent authenticates this server by it.
+        self.cluster_ca_pem: bytes | None = None
         self.ready = False
 
     async def start(self) -> None:
@@ -67,6 +80,7 @@ class APIServer:
         await self.crds.load()
         await self.namespaces.ensure_defaults()
         await self.admission.priorities.ensure_system_classes()
+        self.cluster_ca_pem = await asyncio.to_thread(self.proxy.load)
         self.compactor.start()
         self.event_expiry.start()
         self.ready = True
@@ -89,6 +103,8 @@ class APIServer:
         if scope["type"] != "http":
             return
         req = Request.from_scope(scope, receive)
+        # Kept whole for the exec subresource, whose `command` parameter repeats.
+        req.extra["query_string"] = scope.get("query_string", b"")
         try:
             await self._route(req, send)
         except errors.ApiError as exc:
@@ -181,6 +197,9 @@ class APIServer:
                 raise errors.method_not_allowed("a binding is created with POST")
             body = load_body(await req.body(), req.content_type)
             await send_json(send, 201, await self.binder.bind(rtype, ns, name, body))
+            return
+        if sub in proxy.SUBRESOURCES and name is not None and ns is not None and proxy.proxied(rtype):
+            await self.proxy.serve(req, send, rtype, ns, name, sub)
             return
         if sub is not None and sub != "status":
             raise errors.ApiError(404, "NotFound", f'the server could not find the requested resource ({sub} subresource)')

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from hypermesh.api.binding import bindable
+from hypermesh.api.proxy import proxied
 from hypermesh.resources.registry import Registry, ResourceType
 
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -110,6 +111,10 @@ class Discovery:
                     resources.append({"name": f"{t.plural}/status", "singularName": "", "namespaced": t.namespaced, "kind": t.kind, "verbs": STATUS_VERBS})
                 if bindable(t):
                     resources.append({"name": f"{t.plural}/binding", "singularName": "", "namespaced": t.namespaced, "kind": "Binding", "verbs": ["create"]})
+                if proxied(t):
+                    # As pods/log and pods/exec: the log reads as the Instance's kind, exec takes options.
+                    resources.append({"name": f"{t.plural}/log", "singularName": "", "namespaced": t.namespaced, "kind": t.kind, "verbs": ["get"]})
+                    resources.append({"name": f"{t.plural}/exec", "singularName": "", "namespaced": t.namespaced, "kind": f"{t.kind}ExecOptions", "verbs": ["create"]})
             return {
                 "kind": "APIResourceList",
                 "apiVersion": "v1",
@@ -149,6 +154,9 @@ class Discovery:
                             subresources.append({"subresource": "status", "responseKind": kind_ref, "verbs": STATUS_VERBS})
                         if bindable(t):
                             subresources.append({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]})
+                        if proxied(t):
+                            subresources.append({"subresource": "log", "responseKind": kind_ref, "verbs": ["get"]})
+                            subresources.append({"subresource": "exec", "responseKind": {**kind_ref, "kind": f"{t.kind}ExecOptions"}, "verbs": ["create"]})
                         if subresources:
                             entry["subresources"] = subresources
                         resources.append(entry)

@@ -76,7 +76,7 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
         interval=float(os.environ.get("HYPERMESH_COMPACT_INTERVAL", "300")),
         min_history=int(os.environ.get("HYPERMESH_COMPACT_MIN_HISTORY", "1000")),
     )
-    app = APIServer(store, compaction=policy, event_ttl=event_ttl)
+    app = APIServer(store, compaction=policy, event_ttl=event_ttl, pki_dir=pki.directory)
     await app.start()
     tune_gc()
 

@@ -29,6 +29,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 
+from hypermesh.client.api import JSON, LOG_ACCEPT, exec_query, log_query
 from hypermesh.client.config import ClusterConfig
 from hypermesh.client.errors import ApiError, ClientError
 from hypermesh.client.resources import Resource
@@ -163,6 +164,8 @@ class TcpTransport:
     """HTTP/1.1 over TLS to one server, with a small pool of keep-alive connections."""
 
     def __init__(self, config: ClusterConfig, *, pool_size: int = 8, timeout: float = 30.0) -> None:
+        # The CA the kubeconfig trusts for the server: the cluster CA.
+        self.ca_pem = config.ca_pem
         url = urlsplit(config.server)
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or 443
@@ -318,6 +321,12 @@ class InProcessTransport:
         self.app = app
         self.identity = identity
 
+    @property
+    def ca_pem(self) -> bytes | None:
+        """The cluster CA, if the app publishes it (the API server does, once started)."""
+        value = getattr(self.app, "cluster_ca_pem", None)
+        return value if isinstance(value, bytes) else None
+
     async def open(
         self, method: str, target: str, headers: Headers, body: bytes
     ) -> StreamingResponse:
@@ -400,6 +409,13 @@ class AsyncClient:
     async def aclose(self) -> None:
         """Close idle connections."""
         await self.transport.aclose()
+
+    @property
+    def ca_pem(self) -> bytes | None:
+        """The cluster CA as PEM, when the transport knows it (a node agent trusts the API
+        server's client certificate by it); None otherwise."""
+        value = getattr(self.transport, "ca_pem", None)
+        return value if isinstance(value, bytes) else None
 
     # Raw requests
 
@@ -632,6 +648,50 @@ class AsyncClient:
         if propagation:
             body["propagationPolicy"] = propagation
         return await self._json("DELETE", res.path(_ns(res, namespace), name), body=body)
+
+    async def logs(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str,
+        *,
+        container: str | None = None,
+        follow: bool = False,
+        previous: bool = False,
+        tail_lines: int | None = None,
+        limit_bytes: int | None = None,
+    ) -> AsyncGenerator[bytes, None]:
+        """A container's output from the `log` subresource, as it arrives (close to stop a
+        follow); stdout first, then stderr (see hypermesh/runtime/endpoint.py)."""
+        query = log_query(
+            container=container,
+            follow=follow,
+            previous=previous,
+            tail_lines=tail_lines,
+            limit_bytes=limit_bytes,
+        )
+        path = res.path(namespace, name, "log")
+        response = await self._open("GET", path, query, None, JSON, LOG_ACCEPT)
+        try:
+            async for chunk in response.chunks():
+                yield chunk
+        finally:
+            await response.aclose()
+
+    async def exec(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str,
+        command: Sequence[str],
+        *,
+        container: str | None = None,
+        timeout_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        """Run `command` in the Instance's container (no input, no terminal); returns the
+        ExecResult: `exitCode`, `stdout`, `stderr`, `encoding` (text or base64), `timedOut`."""
+        query = exec_query(command, container=container, timeout_seconds=timeout_seconds)
+        return await self._json("POST", res.path(namespace, name, "exec"), query=query)
 
     def watch(
         self,

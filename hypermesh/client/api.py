@@ -12,6 +12,10 @@ care skip them; a watch that is resumed later needs their resourceVersion).
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -19,9 +23,12 @@ import orjson
 from hypermesh.client.errors import ClientError
 from hypermesh.client.http import Client, EventStream
 from hypermesh.client.resources import Discovery, Resource
+from hypermesh.client.transports import StreamHandle
 
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io"
 JSON = "application/json"
+# Logs come as text; errors still come as a JSON Status.
+LOG_ACCEPT = "text/plain, application/json"
 PATCH_CONTENT_TYPES = {
     "merge": "application/merge-patch+json",
     "json": "application/json-patch+json",
@@ -29,6 +36,28 @@ PATCH_CONTENT_TYPES = {
     "apply": "application/apply-patch+yaml",
 }
 PatchType = Literal["merge", "json", "apply"]
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    """What a command run with `Api.exec` did (the server's ExecResult, decoded)."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> ExecOutput:
+        """Decode an ExecResult: `exitCode`, `stdout`/`stderr` as text or base64 (`encoding`)."""
+        try:
+            code = int(result["exitCode"])
+            out, err = str(result.get("stdout", "")), str(result.get("stderr", ""))
+            if result.get("encoding") == "base64":
+                return cls(code, base64.b64decode(out), base64.b64decode(err), bool(result.get("timedOut")))
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise ClientError(f"the server answered an exec with a malformed ExecResult: {str(result)[:200]}") from None
+        return cls(code, out.encode(), err.encode(), bool(result.get("timedOut")))
 
 
 class Api:
@@ -116,6 +145,48 @@ class Api:
             query += [("sendInitialEvents", "true"), ("resourceVersionMatch", "NotOlderThan")]
         accept = TABLE_ACCEPT if table else JSON
         return self.client.stream("GET", res.path(_ns(res, namespace)), query=query, accept=accept)
+
+    # Instances' containers
+
+    def logs(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str,
+        *,
+        container: str | None = None,
+        follow: bool = False,
+        previous: bool = False,
+        tail_lines: int | None = None,
+        limit_bytes: int | None = None,
+    ) -> StreamHandle:
+        """A container's output from the `log` subresource; iterate `chunks()` as it arrives
+        and `close()` to stop following. stdout comes before stderr (the node keeps them
+        apart, so their interleaving is unknown)."""
+        query = log_query(
+            container=container,
+            follow=follow,
+            previous=previous,
+            tail_lines=tail_lines,
+            limit_bytes=limit_bytes,
+        )
+        path = res.path(_ns(res, namespace), name, "log")
+        return self.client.open("GET", path, query=query, accept=LOG_ACCEPT)
+
+    def exec(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str,
+        command: Sequence[str],
+        *,
+        container: str | None = None,
+        timeout_seconds: int | None = None,
+    ) -> ExecOutput:
+        """Run `command` in the container (no input, no terminal) and return what it did."""
+        query = exec_query(command, container=container, timeout_seconds=timeout_seconds)
+        path = res.path(_ns(res, namespace), name, "exec")
+        return ExecOutput.from_result(_object(self.client.request("POST", path, query=query).json()))
 
     # Writing
 
@@ -210,6 +281,43 @@ class Api:
     def server_version(self) -> dict[str, Any]:
         """`/version`: gitVersion, major, minor, platform."""
         return _object(self.client.request("GET", "/version").json())
+
+
+def log_query(
+    *,
+    container: str | None = None,
+    follow: bool = False,
+    previous: bool = False,
+    tail_lines: int | None = None,
+    limit_bytes: int | None = None,
+) -> list[tuple[str, str]]:
+    """The query of a `log` subresource request, with Kubernetes' PodLogOptions names."""
+    query: list[tuple[str, str]] = []
+    if container:
+        query.append(("container", container))
+    if follow:
+        query.append(("follow", "true"))
+    if previous:
+        query.append(("previous", "true"))
+    if tail_lines is not None:
+        query.append(("tailLines", str(tail_lines)))
+    if limit_bytes is not None:
+        query.append(("limitBytes", str(limit_bytes)))
+    return query
+
+
+def exec_query(
+    command: Sequence[str], *, container: str | None = None, timeout_seconds: int | None = None
+) -> list[tuple[str, str]]:
+    """The query of an `exec` subresource request: one `command` per argument, as kubectl."""
+    if not command:
+        raise ValueError("exec needs a command")
+    query = [("command", arg) for arg in command]
+    if container:
+        query.append(("container", container))
+    if timeout_seconds is not None:
+        query.append(("timeoutSeconds", str(timeout_seconds)))
+    return query
 
 
 def _ns(res: Resource, namespace: str | None) -> str | None:

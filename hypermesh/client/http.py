@@ -239,6 +239,25 @@ class Client:
             raise ApiError.from_response(status, response_body, url=self.config.server + target)
         return Response(status, response_headers, response_body)
 
+    def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Query | None = None,
+        accept: str = "application/json",
+    ) -> StreamHandle:
+        """Send a request whose answer is read as it arrives (logs, watches): returns once the
+        head is in, with no deadline on the body; raises ApiError for a status >= 400."""
+        target = self._target(path, query)
+        transport = self._connect()
+        handle = transport.open_stream(method.upper(), target, self._headers(accept))
+        self._answered()
+        if handle.status >= 400:
+            body = handle.read()
+            raise ApiError.from_response(handle.status, body, url=self.config.server + target)
+        return handle
+
     def stream(
         self,
         method: str,
@@ -248,14 +267,8 @@ class Client:
         accept: str = "application/json",
     ) -> EventStream:
         """Open a newline-delimited JSON response (a watch) and iterate its objects."""
-        target = self._target(path, query)
-        transport = self._connect()
-        handle = transport.open_stream(method.upper(), target, self._headers(accept))
-        self._answered()
-        if handle.status >= 400:
-            body = handle.read()
-            raise ApiError.from_response(handle.status, body, url=self.config.server + target)
-        return EventStream(handle, self.config.server + target)
+        handle = self.open(method, path, query=query, accept=accept)
+        return EventStream(handle, self.config.server + self._target(path, query))
 
     # Lifecycle
 

@@ -1,8 +1,9 @@
 """Node: one machine running a node agent (mirrors crds/node.yaml).
 
-The agent registers its Node and keeps `status` current: capacity, addresses, system info and a
-Ready condition whose `lastHeartbeatTime` is the heartbeat the nodes controller watches. Node
-conditions therefore extend the standard condition shape with that one field.
+The agent registers its Node and keeps `status` current: capacity, addresses, system info, the
+endpoint it serves logs and exec on, and a Ready condition whose `lastHeartbeatTime` is the
+heartbeat the nodes controller watches. Node conditions therefore extend the standard condition
+shape with that one field.
 """
 
 from __future__ import annotations
@@ -54,7 +55,17 @@ class NodeAddress(Model):
 
 
 class AgentEndpoint(Model):
+    """Where the node agent serves logs and exec, and the certificate it answers with.
+
+    Until nodes get certificates from the cluster CA, the agent signs its own serving
+    certificate and publishes its SHA-256 here; the API server pins that hash when it proxies
+    an Instance's `log` and `exec` subresources to the agent. The hash is written
+    `sha256:<64 lower-case hex digits>`, as kubeadm writes CA pins. The schema says only
+    "string"; the API server checks the form and refuses to connect on anything else.
+    """
+
     port: Annotated[int, Field(ge=1, le=65535)]
+    certificate_hash: str | None = None
 
 
 class DaemonEndpoints(Model):

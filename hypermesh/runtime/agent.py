@@ -11,7 +11,9 @@
 - it watches only the Instances bound to it (`fieldSelector=spec.nodeName=<node>`) and keeps
   one `Supervisor` per Instance, which runs, restarts, reports and finally cleans up;
 - on start it also removes what belongs to no Instance any more (network namespaces and
-  containers of Instances deleted while the agent was down), and adopts what still runs.
+  containers of Instances deleted while the agent was down), and adopts what still runs;
+- it serves its Instances' logs and exec over HTTPS (`endpoint`) for the API server to proxy,
+  and publishes where in the Node's `status.daemonEndpoints.agentEndpoint`.
 
 Stopping the agent leaves the containers running, as stopping kubelet does: a restarted agent
 takes them back.
@@ -36,7 +38,7 @@ from hypermesh.client.errors import ApiError, ClientError
 from hypermesh.client.kinds import INSTANCES, NODES
 from hypermesh.operator.informer import Informer, InformerSettings, object_key
 from hypermesh.operator.leader import LEASES, format_micro_time
-from hypermesh.runtime import hostinfo, images, network, rootfs, runc
+from hypermesh.runtime import endpoint, hostinfo, images, network, rootfs, runc
 from hypermesh.runtime.supervisor import FIELD_MANAGER, NodeServices, Supervisor, container_id
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ class AgentSettings:
     bridge: str = "hm0"
     host_ip: str = "::1"
     version: str = "0.1.0"
+    # Where logs and exec are served; port 0 takes any free port (the Node says which).
+    endpoint_host: str = "::"
+    endpoint_port: int = 0
 
 
 def node_prefix(cluster: IPv6Network, node_name: str, wanted: str | None) -> IPv6Network:
@@ -80,6 +85,7 @@ class Agent:
         self.settings = settings
         self.supervisors: dict[str, Supervisor] = {}
         self.services: NodeServices | None = None
+        self.endpoint: endpoint.Endpoint | None = None
         self.ready = asyncio.Event()
         self.informer = Informer(
             client,
@@ -99,8 +105,13 @@ class Agent:
             ((existing or {}).get("spec") or {}).get("instanceCIDR"),
         )
         self.services = await asyncio.to_thread(self._prepare, prefix)
-        await self._register(existing, prefix)
-        await self._renew_lease()
+        self.endpoint = await self._start_endpoint()
+        try:
+            await self._register(existing, prefix)
+            await self._renew_lease()
+        except BaseException:
+            await self._stop_endpoint()
+            raise
         self.informer.subscribe(self._on_instance)
         tasks = [
             asyncio.create_task(self.informer.run(), name="agent-informer"),
@@ -118,6 +129,7 @@ class Agent:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await self._stop_endpoint()
             # Containers keep running; only the supervisors' watch loops stop.
             for supervisor in self.supervisors.values():
                 if supervisor._task is not None:
@@ -149,6 +161,28 @@ class Agent:
             host_ip=str(node_net.gateway),
         )
 
+    async def _start_endpoint(self) -> endpoint.Endpoint | None:
+        assert self.services is not None
+        ca_pem = self.client.ca_pem
+        if not ca_pem:
+            # Without the cluster CA no caller can be authenticated: serve nothing.
+            log.warning("no cluster CA in the agent's client configuration: no logs or exec on this node")
+            return None
+        served = await endpoint.start(
+            self.services,
+            self.informer.get,
+            client_ca_pem=ca_pem,
+            host=self.settings.endpoint_host,
+            port=self.settings.endpoint_port,
+        )
+        log.info("serving logs and exec on port %d (certificate %s)", served.port, served.serving.hash)
+        return served
+
+    async def _stop_endpoint(self) -> None:
+        if self.endpoint is not None:
+            await self.endpoint.close()
+            self.endpoint = None
+
     # The Node and its Lease
 
     async def _existing_node(self) -> dict[str, Any] | None:
@@ -163,7 +197,12 @@ class Agent:
         assert self.services is not None
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         runtime = self.services.runtime
+        # A merge patch writes the status: None removes an endpoint an earlier run published.
+        endpoints: dict[str, Any] = {"agentEndpoint": None}
+        if self.endpoint is not None:
+            endpoints["agentEndpoint"] = {"port": self.endpoint.port, "certificateHash": self.endpoint.serving.hash}
         return {
+            "daemonEndpoints": endpoints,
             "capacity": hostinfo.capacity(),
             "allocatable": hostinfo.allocatable(),
             "addresses": [

@@ -35,6 +35,11 @@ COMMANDS: dict[str, str] = {
     "config": "config",
     "completion": "completion",
     "rollout": "rollout",
+    "cordon": "drain",
+    "uncordon": "drain",
+    "drain": "drain",
+    "logs": "logs",
+    "exec": "exec",
 }
 
 
@@ -212,6 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
         rollout_parser.add_argument("kind", metavar="KIND", help="workload (or KIND/NAME)")
         rollout_parser.add_argument("names", metavar="NAME", nargs="*")
 
+    logs = command("logs", "Print the output of an Instance's container (stdout, then stderr).")
+    logs.add_argument("target", metavar="INSTANCE", help="an Instance name, instance/NAME, or KIND/NAME of its owner (workload/web)")
+    logs.add_argument("-c", "--container", help="the container (needed when the Instance has several)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output until the container ends")
+    logs.add_argument("-p", "--previous", action="store_true", help="the output of the container's previous run")
+    logs.add_argument("--tail", type=int, default=-1, metavar="N", help="only the last N lines (default -1: all)")
+    logs.add_argument("--limit-bytes", type=int, default=None, metavar="N", help="stop after N bytes")
+
+    exec_ = command("exec", "Run a command in an Instance's container: nexus exec NAME -- COMMAND [ARG...].")
+    exec_.add_argument("target", metavar="INSTANCE", help="an Instance name, instance/NAME, or KIND/NAME of its owner")
+    exec_.add_argument("exec_args", metavar="COMMAND", nargs="*", help="the command and its arguments (after --)")
+    exec_.add_argument("-c", "--container", help="the container (needed when the Instance has several)")
+    exec_.add_argument("-i", "--stdin", action="store_true", help="pass stdin (not supported yet)")
+    exec_.add_argument("-t", "--tty", action="store_true", help="allocate a terminal (not supported yet)")
+    exec_.add_argument("--timeout", type=parse_duration, default=60.0, metavar="DURATION", help="kill the command after this long (default 60s)")
+
+    from hypermesh.cli.nexus.commands import drain
+
+    drain.add_parsers(sub, common)
     completion = command("completion", "Print a shell completion script.")
     completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
@@ -248,11 +272,31 @@ def run(args: argparse.Namespace) -> int:
             pass
 
 
+def _parse(parser: argparse.ArgumentParser, words: list[str]) -> argparse.Namespace:
+    """Parse the command line; for exec, everything after `--` is the command to run.
+
+    argparse cannot tell exec's own flags from the command's once options and a variable
+    number of positionals mix, so the command is cut off at `--` before parsing, as kubectl
+    does.
+    """
+    if "--" in words and "exec" in words[: words.index("--")]:
+        cut = words.index("--")
+        args = parser.parse_args(words[:cut])
+        if args.command == "exec":
+            args.exec_command = [*args.exec_args, *words[cut + 1 :]]
+            return args
+    args = parser.parse_args(words)
+    if args.command == "exec":
+        args.exec_command = list(args.exec_args)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The `nexus` entry point; returns the exit code."""
     parser = build_parser()
+    words = list(argv) if argv is not None else sys.argv[1:]
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args = _parse(parser, words)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else errors.USAGE
     if not args.command:
