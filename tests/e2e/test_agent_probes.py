@@ -2,99 +2,38 @@
 real runc containers, probed over the node bridge (httpGet) and with `runc exec` (exec).
 
 Needs root and runc (CI has both); elsewhere the module is skipped with the reason. The harness
-is the one of test_agent.py, with its own node, bridge and ULA prefix so both modules can run in
-one pytest session.
+is tests/e2e/agent_harness.py, with this module's own node, bridge and ULA prefix.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import VENV_BIN, Server, free_port
+from tests.e2e import agent_harness
+from tests.e2e.conftest import Server
 
-pytestmark = [
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the node agent needs root (runc, mounts, network namespaces)"),
-    pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed (make setup installs it)"),
-]
+pytestmark = [pytest.mark.timeout(240), *agent_harness.REQUIREMENTS]
 
 NODE = "agent-probes-e2e"
 BRIDGE = f"hmp{os.getpid() % 10000}"
 PREFIX = f"fd{os.getpid() % 256:02x}:e2f::/48"
+NODE_SPEC = agent_harness.AgentNode(NODE, BRIDGE, PREFIX)
 
 
 def eventually(check: Callable[[], Any], timeout: float = 90.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout:.0f}s"
-        time.sleep(0.3)
+    return agent_harness.eventually(check, timeout, what)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    base = tmp_path_factory.mktemp("agent-probes")
-    server = Server(base / "data", free_port(), controllers=True)
-    server.start()
-    agent_dir = base / "agent"
-    log = open(base / "agent.log", "a")
-    agent = subprocess.Popen(
-        [str(VENV_BIN / "hypermesh"), "agent", "--kubeconfig", str(server.kubeconfig), "--name", NODE,
-         "--data-dir", str(agent_dir), "--bridge", BRIDGE, "--cluster-prefix", PREFIX],
-        stdout=subprocess.PIPE, stderr=log, text=True,
-    )
-    assert agent.stdout is not None
-    line = agent.stdout.readline().strip()
-    assert line == "ready", (base / "agent.log").read_text()
-    try:
+    with agent_harness.running_cluster(tmp_path_factory.mktemp("agent-probes"), NODE_SPEC) as (server, agent_dir):
         yield server, agent_dir
-    finally:
-        # Let the agent stop and clean up what it ran, then sweep whatever is left, so a failed
-        # test never leaves containers, mounts or namespaces on the machine.
-        server.kubectl("delete", "instances", "--all", "-n", "default", "--wait=false", check=False)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any((agent_dir / "instances").glob("*")):
-            time.sleep(0.3)
-        agent.terminate()
-        agent.wait(20)
-        server.stop()
-        sweep(agent_dir)
-
-
-def sweep(agent_dir: Path) -> None:
-    """Remove every container, mount and network namespace under `agent_dir` (test hygiene)."""
-    from hypermesh.runtime import network, rootfs
-
-    root = agent_dir / "oci" / "runc"
-    listing = subprocess.run(["runc", "--root", str(root), "list", "-q"], capture_output=True, text=True)
-    for cid in listing.stdout.split():
-        subprocess.run(["runc", "--root", str(root), "delete", "--force", cid], capture_output=True)
-    for workdir in (agent_dir / "instances").glob("*/*"):
-        rootfs.unmount_rootfs(workdir)
-    state = agent_dir / "network"
-    if state.exists():
-        manager = network.NetworkManager(network.NodeNetwork.for_prefix(_node_prefix(), bridge=BRIDGE), state)
-        manager.cleanup_orphans(keep=set())
-    subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
-
-
-def _node_prefix() -> str:
-    from ipaddress import IPv6Network
-
-    from hypermesh.runtime.agent import node_prefix
-
-    return str(node_prefix(IPv6Network(PREFIX), NODE, None))
 
 
 def instance(server: Server, name: str) -> dict[str, Any]:
