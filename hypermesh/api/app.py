@@ -270,5 +270,9 @@ class APIServer:
 
 
 def _warning(text: str) -> bytes:
+    """A `Warning: 299 - "..."` header value. A header value may not hold control characters:
+    any a client sent (a field name with one, echoed in an "unknown field" warning) is escaped,
+    or the response could not be sent at all."""
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'299 - "{escaped}"'.encode()
+    safe = "".join(f"\\x{ord(c):02x}" if (c < " " and c != "\t") or c == "\x7f" else c for c in escaped)
+    return f'299 - "{safe}"'.encode()

@@ -61,3 +61,19 @@ def test_random_bodies_never_500(server: Server) -> None:
 
         probe()
         assert http.get("/livez").status_code == 200
+
+
+def test_a_control_character_in_an_unknown_field_is_warned_about_not_a_crash(server: Server) -> None:
+    # Found by the fuzz test: the "unknown field" warning echoed the name into a header, and a
+    # header value with a control character could not be sent at all (the connection dropped).
+    base = "/apis/hypermesh.io/v1/namespaces/default/workloads"
+    seed = {
+        "apiVersion": "hypermesh.io/v1", "kind": "Workload", "metadata": {"name": "ctl"},
+        "spec": {"replicas": 1, "template": {"metadata": {"labels": {"app": "ctl"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    }
+    with server.http() as http:
+        assert http.post(base, content=orjson.dumps(seed)).status_code == 201
+        response = http.patch(f"{base}/ctl", content=b'{"\\u001f": false}', headers={"content-type": "application/merge-patch+json"})
+        assert response.status_code == 200, response.text
+        assert 'unknown field \\"\\x1f\\"' in response.headers["warning"]
+        assert http.delete(f"{base}/ctl").status_code == 200
