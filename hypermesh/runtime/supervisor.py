@@ -256,19 +256,41 @@ class Supervisor:
         # The last run's output becomes `--previous`; the new shim starts fresh files.
         logfiles.keep_previous(workdir)
         root = rootfs.mount_rootfs(image, workdir)
+        hostname = self._hostname()
         spec = oci.runtime_spec(
             container=container,
             image=image.config,
             rootfs=root,
-            hostname=str(self.instance["metadata"]["name"])[:63],
+            hostname=hostname,
             cgroups_path=f"/hypermesh/{self.uid}-{container['name']}",
             netns=self.netns,
             field_path=field_path,
+            extra_mounts=self._etc_files(hostname),
         )
         bundle = workdir / "bundle"
         bundle.mkdir(exist_ok=True)
         (bundle / "config.json").write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
         return bundle
+
+    def _hostname(self) -> str:
+        """`spec.hostname`, else the Instance's name, as a pod's hostname is its name."""
+        spec = self.instance.get("spec") or {}
+        return str(spec.get("hostname") or self.instance["metadata"]["name"])[:63]
+
+    def _etc_files(self, hostname: str) -> list[dict[str, Any]]:
+        """/etc/hostname and /etc/hosts for the Instance, shared by its containers and bind
+        mounted over the image's, as kubelet does: software that reads them (busybox `hostname
+        -i`, resolvers) sees the Instance's own name and address, not the image's."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "hostname").write_text(hostname + "\n")
+        hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        if self.address:
+            hosts.append(f"{self.address}\t{hostname}")
+        (self.dir / "hosts").write_text("\n".join(hosts) + "\n")
+        return [
+            {"destination": f"/etc/{name}", "type": "bind", "source": str(self.dir / name), "options": ["rbind", "rprivate", "rw"]}
+            for name in ("hostname", "hosts")
+        ]
 
     # Health
 

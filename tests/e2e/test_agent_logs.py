@@ -157,6 +157,10 @@ def test_exec_runs_commands_and_passes_exit_codes_on(cluster: Server, printer: s
     hostname = nexus(cluster, "exec", printer, "--", "hostname")
     assert hostname.returncode == 0, hostname.stderr
     assert hostname.stdout == "printer\n"
+    # /etc/hostname and /etc/hosts are the Instance's, not the image's.
+    assert nexus(cluster, "exec", printer, "--", "cat", "/etc/hostname").stdout == "printer\n"
+    address = cluster.kubectl_json("get", "instance", printer, "-n", "default")["status"]["instanceIP"]
+    assert f"{address}\tprinter" in nexus(cluster, "exec", printer, "--", "cat", "/etc/hosts").stdout
     failing = nexus(cluster, "exec", printer, "--", "sh", "-c", "echo out; echo err >&2; exit 7")
     assert failing.returncode == 7
     assert failing.stdout == "out\n"
