@@ -130,3 +130,27 @@ def _fetch(url: str) -> str | None:
             return str(answer.read().decode())
     except OSError:
         return None
+
+
+def test_a_read_only_root_filesystem_refuses_writes(cluster: tuple[Server, Path]) -> None:
+    server, _ = cluster
+    server.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "hypermesh.io/v1", "kind": "Instance",
+        "metadata": {"name": "readonly", "namespace": "default"},
+        "spec": {
+            "nodeName": NODE, "restartPolicy": "Never",
+            "containers": [{
+                "name": "main", "image": "busybox", "command": ["sh", "-c", "touch /written"],
+                "securityContext": {"readOnlyRootFilesystem": True},
+            }],
+        },
+    }))
+
+    def finished() -> dict[str, Any] | None:
+        item = server.kubectl_json("get", "instance", "readonly", "-n", "default")
+        return item if (item.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+
+    item = eventually(finished, what="the container to finish")
+    assert item["status"]["phase"] == "Failed"
+    assert item["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] != 0
+    server.kubectl("delete", "instance", "readonly", "-n", "default")
