@@ -41,8 +41,6 @@ import os
 import platform
 import re
 import shutil
-import struct
-import subprocess
 import tarfile
 import tempfile
 import zlib
@@ -53,18 +51,15 @@ from typing import IO, Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from hypermesh.runtime import busybox as busybox_image
 from hypermesh.runtime import rootfs
 
 log = logging.getLogger(__name__)
 
+BUSYBOX_APPLETS = busybox_image.APPLETS
 BUSYBOX_IMAGE = "busybox:latest"
 DEFAULT_BUSYBOX = Path("/bin/busybox")
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# The applets every example and test may rely on, whatever `busybox --list` says.
-BUSYBOX_APPLETS = (
-    "sh", "echo", "cat", "sleep", "ls", "httpd", "wget", "ps", "true", "false", "env", "id",
-    "hostname", "nc",
-)  # fmt: skip
 
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -392,7 +387,7 @@ class ImageStore:
                 f"the built-in busybox image is made from {busybox}, which does not exist: "
                 "install Debian's busybox-static (apt-get install busybox-static)"
             )
-        if not _is_static_elf(busybox):
+        if not busybox_image.is_static_elf(busybox):
             raise ImageError(
                 f"{busybox} is not a statically linked executable and cannot run in an image "
                 "without a C library: install busybox-static instead of busybox"
@@ -400,7 +395,7 @@ class ImageStore:
         with self._lock(_GC_LOCK, fcntl.LOCK_SH):
             staging = Path(tempfile.mkdtemp(dir=self._tmp, prefix="busybox-"))
             try:
-                _lay_out_busybox(staging, busybox)
+                busybox_image.lay_out(staging, busybox)
                 config = ImageConfig(cmd=("sh",), env=(DEFAULT_PATH,))
                 return self._build(staging, BUSYBOX_IMAGE, config)
             finally:
@@ -958,69 +953,3 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged)
         raise
-
-
-def _is_static_elf(path: Path) -> bool:
-    """Whether `path` is an ELF executable without a program interpreter (PT_INTERP)."""
-    with open(path, "rb") as elf:
-        header = elf.read(64)
-        if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] not in (1, 2):
-            return False
-        order = "<" if header[5] == 1 else ">"
-        if header[4] == 2:
-            (table,) = struct.unpack_from(order + "Q", header, 32)
-            entry_size, count = struct.unpack_from(order + "HH", header, 54)
-        else:
-            (table,) = struct.unpack_from(order + "I", header, 28)
-            entry_size, count = struct.unpack_from(order + "HH", header, 42)
-        elf.seek(table)
-        headers = elf.read(entry_size * count)
-    pt_interp = 3
-    return all(
-        struct.unpack_from(order + "I", headers, offset)[0] != pt_interp
-        for offset in range(0, len(headers) - 3, entry_size or 1)
-    )
-
-
-def _busybox_applets(busybox: Path) -> list[str]:
-    """Every applet the binary offers (so `[`, `wget` or `nslookup` work as in Docker's image)."""
-    try:
-        listing = subprocess.run(
-            [str(busybox), "--list"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        listing = []
-    applets = {name for name in listing if "/" not in name and name not in (".", "..", "busybox")}
-    return sorted(applets | set(BUSYBOX_APPLETS))
-
-
-def _lay_out_busybox(root: Path, busybox: Path) -> None:
-    """A minimal root filesystem around the busybox binary, with fixed times for a stable digest."""
-    for name, mode in (
-        ("bin", 0o755), ("dev", 0o755), ("etc", 0o755), ("home", 0o755), ("proc", 0o555),
-        ("root", 0o700), ("sys", 0o555), ("tmp", 0o1777), ("usr", 0o755), ("usr/bin", 0o755),
-        ("var", 0o755),
-    ):  # fmt: skip
-        (root / name).mkdir()
-        os.chmod(root / name, mode)
-    shutil.copyfile(busybox, root / "bin" / "busybox")
-    os.chmod(root / "bin" / "busybox", 0o755)
-    for applet in _busybox_applets(busybox):
-        os.symlink("busybox", root / "bin" / applet)
-    # Scripts start with `#!/usr/bin/env sh` as often as with `#!/bin/sh`.
-    os.symlink("../../bin/busybox", root / "usr" / "bin" / "env")
-    files = {
-        "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
-        "etc/group": "root:x:0:\nnobody:x:65534:\n",
-        # The runtime bind-mounts these three; existing targets let that work on a read-only root.
-        "etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost\n",
-        "etc/hostname": "",
-        "etc/resolv.conf": "",
-    }
-    for name, content in files.items():
-        (root / name).write_text(content)
-        os.chmod(root / name, 0o644)
-    stamp = busybox.stat().st_mtime_ns
-    for current, dirnames, filenames in os.walk(root):
-        for entry in (*dirnames, *filenames):
-            os.utime(os.path.join(current, entry), ns=(stamp, stamp), follow_symlinks=False)
