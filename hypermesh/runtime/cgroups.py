@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from hypermesh.runtime.rootfs import unescape_mountinfo
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class CgroupLayout:
             fields, tail = before.split(), after.split()
             if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
                 continue
-            point = Path(_unescape(fields[4]))
+            point = Path(unescape_mountinfo(fields[4]))
             if point in mounts:
                 continue
             mounts.append(point)
@@ -95,11 +96,3 @@ def _has_memory_controller(mount: Path) -> bool:
         return "memory" in (mount / "cgroup.controllers").read_text().split()
     except OSError:
         return False
-
-
-def _unescape(text: str) -> str:
-    # mountinfo writes spaces, tabs, newlines and backslashes as octal escapes.
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-# The runtime

@@ -405,10 +405,10 @@ def _mount_points() -> Iterator[str]:
         for line in mountinfo:
             fields = line.split(" ", 5)
             if len(fields) > 4:
-                yield _unescape(fields[4])
+                yield unescape_mountinfo(fields[4])
 
 
-def _unescape(field: str) -> str:
+def unescape_mountinfo(field: str) -> str:
     """mountinfo writes space, tab, newline and backslash in paths as octal escapes."""
     if "\\" not in field:
         return field
