@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from hypermesh.api import binding, discovery, errors, paths, proxy, tables
+from hypermesh.api import binding, discovery, errors, nodeproxy, paths, proxy, tables
 from hypermesh.api.admission import Admission
 from hypermesh.api.compactor import CompactionPolicy, Compactor
 from hypermesh.api.customresources import CustomResources, hypermesh_crds
@@ -200,6 +200,9 @@ class APIServer:
             return
         if sub in proxy.SUBRESOURCES and name is not None and ns is not None and proxy.proxied(rtype):
             await self.proxy.serve(req, send, rtype, ns, name, sub)
+            return
+        if sub == "proxy" and name is not None and nodeproxy.proxied(rtype):
+            await nodeproxy.serve(self.proxy, req, send, rtype, name, target.proxy_path or "")
             return
         if sub is not None and sub != "status":
             raise errors.ApiError(404, "NotFound", f'the server could not find the requested resource ({sub} subresource)')

@@ -22,6 +22,8 @@ class Target:
     namespace: str | None  # None: all namespaces (or a cluster-scoped kind)
     name: str | None  # None: the collection
     subresource: str | None  # "status", or None
+    # What follows `/proxy/` in `.../nodes/NAME/proxy/PATH` (the node agent's own path).
+    proxy_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,9 @@ def parse(path: str, registry: Registry) -> Target | GroupVersionPath | None:
             return Target(rtype, rest[1], name, sub)
 
     rtype = registry.by_plural(group, version, rest[0])
+    if rtype is not None and len(rest) > 3 and rest[2] == "proxy" and not rtype.namespaced:
+        # `.../nodes/NAME/proxy/PATH...`: the rest of the URL is the agent's.
+        return Target(rtype, None, rest[1], "proxy", proxy_path="/".join(rest[3:]))
     if rtype is None or len(rest) > 3:
         return None
     name = rest[1] if len(rest) > 1 else None

@@ -66,7 +66,7 @@ from hypermesh.pki import files as pki_files
 from hypermesh.pki.ca import cert_to_pem, generate_key, key_to_pem
 from hypermesh.pki.identity import Identity
 from hypermesh.resources.meta import Model
-from hypermesh.runtime import logfiles, runc
+from hypermesh.runtime import imageapi, logfiles, runc
 from hypermesh.runtime.supervisor import NodeServices, container_id
 from hypermesh.transport.asgi import IDENTITY_SCOPE_KEY, Receive, Scope, Send
 from hypermesh.transport.sockets import tcp_listener
@@ -513,6 +513,12 @@ class EndpointApp:
             await _send_bytes(send, exc.code, exc.body(), b"application/json")
 
     async def _route(self, scope: Scope, receive: Receive, send: Send, identity: Identity) -> None:
+        if scope["path"] == "/images" or scope["path"].startswith("/images/"):
+            try:
+                await imageapi.serve(self.services, scope, receive, send, identity, scope["path"][len("/images"):])
+            except imageapi.ImageRouteError as exc:
+                raise EndpointError(exc.code, exc.reason, exc.message) from None
+            return
         kind, _, rest = scope["path"].lstrip("/").partition("/")
         parts = [unquote(p) for p in rest.split("/")]
         if kind not in ("logs", "exec") or len(parts) != 3 or not all(parts):
