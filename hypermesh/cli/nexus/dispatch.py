@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "drain": "drain",
     "logs": "logs",
     "exec": "exec",
+    "image": "image",
 }
 
 
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("-l", "--selector", help="delete every object matching this label selector")
     delete.add_argument("--all", action="store_true", help="delete every object of the kind in the namespace")
     delete.add_argument("--wait", type=_bool_flag, nargs="?", const=True, default=False, help="wait until the objects are gone")
+    delete.add_argument("--grace-period", type=int, default=-1, metavar="SECONDS", help="seconds a running Instance gets to stop (default -1: its own terminationGracePeriodSeconds; 0 with --force: at once)")
+    delete.add_argument("--force", action="store_true", help="with --grace-period=0: remove at once, without waiting for the node to stop the containers")
+    delete.add_argument("--now", action="store_true", help="the same as --grace-period=1")
     delete.add_argument("--timeout", type=parse_duration, default=60.0, help="how long --wait waits (default 60s)")
     delete.add_argument("--cascade", choices=("background", "foreground", "orphan"), default="background", help="what happens to owned objects")
     delete.add_argument("--ignore-not-found", action="store_true", help="no error when an object does not exist")
@@ -236,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hypermesh.cli.nexus.commands import drain
 
     drain.add_parsers(sub, common)
+    from hypermesh.cli.nexus.commands import image
+
+    image.add_parsers(sub, common)
     completion = command("completion", "Print a shell completion script.")
     completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
