@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "logs": "logs",
     "exec": "exec",
     "image": "image",
+    "auth": "auth",
 }
 
 
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hypermesh.cli.nexus.commands import image
 
     image.add_parsers(sub, common)
+    from hypermesh.cli.nexus.commands import auth
+
+    auth.add_parsers(sub, common)
     completion = command("completion", "Print a shell completion script.")
     completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
