@@ -15,9 +15,11 @@ by a stale index on the same server.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from hypermesh.api import errors, rbac, rbacdefaults
@@ -34,6 +36,20 @@ PLURALS = {"ClusterRole": "clusterroles", "Role": "roles", "ClusterRoleBinding":
 AUTHENTICATED = rbacdefaults.AUTHENTICATED
 
 _METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who the request being served comes from (for checks deeper in the write path)."""
+
+    user: str
+    groups: tuple[str, ...]
+
+
+# Set by the app for each authenticated request: admission reads it to check the writer of a
+# Role or binding (escalation) or of a Node (NodeRestriction) without the identity being
+# passed through every layer. Unset for the server's own writes.
+current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("current_caller", default=None)
 
 
 def groups_of(groups: Iterable[str]) -> tuple[str, ...]:
