@@ -1,4 +1,4 @@
-"""`hypermesh`: the daemon entry points (server, up, backup, restore).
+"""`hypermesh`: the daemon entry points (server, up, backup, restore) and `pki` maintenance.
 
 This is where processes are wired together: the state engine, the API server app, and the two
 listeners (HTTPS on TCP, HTTP/3 on UDP, same port number). Nothing imports this module; it
@@ -172,6 +172,27 @@ def _run(coro: object) -> int:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
+def _pki(args: argparse.Namespace) -> int:
+    """`hypermesh pki init` and `hypermesh pki rotate-intermediate`."""
+    from hypermesh.pki import hierarchy
+
+    try:
+        if args.pki_command == "init":
+            ca = hierarchy.init(args.data_dir, root_out=args.root_out, common_name=args.common_name)
+            where = args.root_out or hierarchy.pki_dir(args.data_dir)
+            print(f"created root {ca.root.subject.rfc4514_string()} (key in {where / 'ca.key'})")
+            if args.root_out is not None:
+                print(f"  keep {where} offline: it is needed only for `hypermesh pki rotate-intermediate`")
+        else:
+            ca = hierarchy.rotate_intermediate(args.data_dir, root_dir=args.root)
+        not_after = ca.cert.not_valid_after_utc.strftime("%Y-%m-%d")
+        print(f"intermediate {ca.cert.subject.rfc4514_string()} signs until {not_after} ({hierarchy.pki_dir(args.data_dir)})")
+    except (hierarchy.PKIError, OSError) as exc:
+        print(f"hypermesh pki {args.pki_command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hypermesh", description="HyperMesh daemons and maintenance commands.")
     parser.add_argument("--log-level", default=os.environ.get("HYPERMESH_LOG_LEVEL", "INFO"))
@@ -215,6 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True, type=Path)
     p.add_argument("file", type=Path)
 
+    p = sub.add_parser("pki", help="the cluster's root and intermediate CAs")
+    pki_sub = p.add_subparsers(dest="pki_command", required=True)
+    q = pki_sub.add_parser("init", help="create the root and intermediate CA of a new cluster (before its first start)")
+    q.add_argument("--data-dir", required=True, type=Path, help="the server's data dir (the CAs go into DATA_DIR/pki)")
+    q.add_argument("--root-out", type=Path, default=None, help="write the root key here instead of the data dir, to keep it offline")
+    q.add_argument("--common-name", default="hypermesh-ca", help="the root's common name")
+    q = pki_sub.add_parser("rotate-intermediate", help="sign a new intermediate CA with the root (safe while the server runs)")
+    q.add_argument("--data-dir", required=True, type=Path)
+    q.add_argument("--root", type=Path, default=None, help="the directory holding ca.key (the --root-out of init; default: DATA_DIR/pki)")
+
     p = sub.add_parser("restore", help="replace the state with a snapshot (server must be stopped)")
     p.add_argument("--data-dir", required=True, type=Path)
     p.add_argument("--force", action="store_true", help="replace an existing, non-empty state")
@@ -256,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"backup of revision {revision} written to {args.file}")
         return 0
+    if args.command == "pki":
+        return _pki(args)
     if args.command == "restore":
         from hypermesh.store import StoreError, restore
 

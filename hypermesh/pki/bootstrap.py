@@ -2,10 +2,16 @@
 
 `hypermesh up` must work on a fresh machine with no manual certificate steps, and must keep
 working across restarts without invalidating the kubeconfigs it already handed out. So the
-first call creates a CA, a serving certificate and an admin client certificate under
-`<data_dir>/pki/`; later calls load them. Only the serving certificate is ever replaced
-automatically (when it is about to expire, or does not cover a host the server is now asked to
-listen on), because clients trust the CA, not the serving certificate itself.
+first call creates a root CA and an intermediate (unless `hypermesh pki init` made them
+already, perhaps with the root key offline), a serving certificate and an admin client
+certificate under `<data_dir>/pki/`; later calls load them. The serving and admin certificates
+are replaced automatically when they are about to expire, when the intermediate that signed
+them was rotated, or (serving) when it does not cover a host the server is now asked to listen
+on: clients trust the root, `ca.crt`, never these certificates themselves.
+
+`server.crt` and `admin.crt` hold the leaf followed by the intermediate, so the TLS listeners
+(which load the whole file) send the chain, and so does every client of the admin kubeconfig.
+A data dir made before intermediates keeps its single CA (see `hypermesh.pki.ca`).
 """
 
 from __future__ import annotations
@@ -17,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from hypermesh.pki import files
+from hypermesh.pki import files, hierarchy
 from hypermesh.pki.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority
 
 DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
@@ -34,7 +39,11 @@ _RENEW_BEFORE = datetime.timedelta(days=30)
 
 @dataclass(frozen=True)
 class ServerPKI:
-    """Paths and contents of a server's CA, serving certificate and admin certificate."""
+    """Paths and contents of a server's CA, serving certificate and admin certificate.
+
+    `ca` is the issuing CA (the intermediate); `ca_pem` is the root, the trust anchor. The
+    certificate PEMs are chains (leaf, then intermediate). `ca_key_path` names the root key,
+    which does not exist when the root is kept offline."""
 
     directory: Path
     ca: CertificateAuthority
@@ -73,13 +82,16 @@ def _load_pair(cert_path: Path, key_path: Path) -> x509.Certificate | None:
     return cert if key.public_key() == cert.public_key() else None
 
 
-def _still_good(cert: x509.Certificate, ca: CertificateAuthority) -> bool:
-    """True when `cert` was signed by this CA and is not close to expiring."""
-    if cert.issuer != ca.cert.subject:
+def _still_good(cert: x509.Certificate, ca: CertificateAuthority, cert_path: Path) -> bool:
+    """True when `cert` was signed by the current issuing CA, its file carries the current
+    chain, and it is not close to expiring."""
+    if not ca.issued(cert):
         return False
     try:
-        cert.verify_directly_issued_by(ca.cert)
-    except (ValueError, TypeError, InvalidSignature):
+        chain = x509.load_pem_x509_certificates(cert_path.read_bytes())[1:]
+    except (OSError, ValueError):
+        return False
+    if tuple(chain) != ca.chain:
         return False
     now = datetime.datetime.now(datetime.UTC)
     return cert.not_valid_after_utc - now > _RENEW_BEFORE
@@ -111,12 +123,12 @@ def ensure_server_pki(data_dir: Path, *, hosts: Sequence[str] = DEFAULT_HOSTS) -
     admin_key_path = directory / "admin.key"
 
     with files.locked(directory):
-        ca = CertificateAuthority.load_or_create(directory)
+        ca = hierarchy.ensure_issuer(directory)
 
         server_cert = _load_pair(server_cert_path, server_key_path)
         if (
             server_cert is None
-            or not _still_good(server_cert, ca)
+            or not _still_good(server_cert, ca, server_cert_path)
             or not _covers_hosts(server_cert, dns_names, ip_addresses)
         ):
             cert_pem, key_pem = ca.issue(
@@ -126,7 +138,7 @@ def ensure_server_pki(data_dir: Path, *, hosts: Sequence[str] = DEFAULT_HOSTS) -
             files.write_public(server_cert_path, cert_pem)
 
         admin_cert = _load_pair(admin_cert_path, admin_key_path)
-        if admin_cert is None or not _still_good(admin_cert, ca):
+        if admin_cert is None or not _still_good(admin_cert, ca, admin_cert_path):
             cert_pem, key_pem = ca.issue(ADMIN_USER, organizations=[ADMIN_GROUP], client=True)
             files.write_private(admin_key_path, key_pem)
             files.write_public(admin_cert_path, cert_pem)

@@ -3,8 +3,10 @@
 OpenSSL (the TCP listener) verifies client chains during the handshake. aioquic (the HTTP/3
 listener) does not: it checks that the client holds the certificate's key, then accepts any
 certificate at all. This module fills that gap with `cryptography`'s WebPKI verifier:
-signature chain up to the cluster CA, validity period, basic constraints, key usage and the
-clientAuth extended key usage, the same checks OpenSSL makes for the TCP listener.
+signature chain up to the cluster's root (through the intermediates the client sent after its
+leaf, as HyperMesh's certificate files do), validity period, basic constraints and path
+length, key usage and the clientAuth extended key usage, the same checks OpenSSL makes for
+the TCP listener.
 
 The WebPKI profile demands a subjectAltName on every leaf, but Kubernetes-style client
 certificates carry none (their identity is the subject), so that one requirement is relaxed.

@@ -1,8 +1,11 @@
 """Certificate: a certificate to keep issued and fresh (mirrors crds/certificate.yaml).
 
-The semantics are cert-manager's: the certificates controller issues from the cluster CA (or
-`spec.issuerRef`), writes tls.crt/tls.key/ca.crt into the Secret `spec.secretName`, records the
-validity window in `status`, and renews at `status.renewalTime`.
+The semantics are cert-manager's: the certificates controller issues from the cluster's
+intermediate CA, writes tls.crt (leaf + intermediate), tls.key and ca.crt (the root) into the
+Secret `spec.secretName`, records the validity window in `status`, renews at
+`status.renewalTime`, and after failures waits 1 h doubling to 32 h
+(`status.failedIssuanceAttempts`, `status.lastFailureTime`). IP addresses, URIs and SPIFFE IDs
+are checked by the controller (`hypermesh.pki.names`), which the schema cannot express.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from hypermesh.resources.meta import Condition, Duration, Model, Resource
 
@@ -22,6 +25,13 @@ __all__ = [
     "IssuerRef",
     "KeyUsage",
 ]
+
+# RFC 1123 names, with one leading "*." label for a wildcard (checked further by the controller).
+DNS_NAME_PATTERN = (
+    r"^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+)
+DNSName = Annotated[str, StringConstraints(max_length=253, pattern=DNS_NAME_PATTERN)]
 
 KeyUsage = Literal[
     "signing",
@@ -46,8 +56,10 @@ KeyUsage = Literal[
 
 class CertificatePrivateKey(Model):
     algorithm: Literal["ECDSA", "Ed25519", "RSA"] = "ECDSA"
-    # 256 for ECDSA and 2048 for RSA when unset.
+    # ECDSA 256 (default), 384, 521; RSA 2048 (default), 3072, 4096; ignored for Ed25519.
     size: Annotated[int, Field(ge=0)] | None = None
+    # cert-manager's default since v1.18: a new key at every issuance.
+    rotation_policy: Literal["Never", "Always"] = "Always"
 
 
 class IssuerRef(Model):
@@ -59,7 +71,7 @@ class IssuerRef(Model):
 class CertificateSpec(Model):
     secret_name: Annotated[str, Field(min_length=1, max_length=253)]
     common_name: Annotated[str, Field(max_length=64)] | None = None
-    dns_names: list[str] | None = None
+    dns_names: list[DNSName] | None = None
     ip_addresses: list[str] | None = None
     uris: list[str] | None = None
     is_ca: bool | None = None
@@ -78,6 +90,8 @@ class CertificateStatus(Model):
     renewal_time: datetime.datetime | None = None
     serial_number: str | None = None
     revision: Annotated[int, Field(ge=1)] | None = None
+    failed_issuance_attempts: Annotated[int, Field(ge=0)] | None = None
+    last_failure_time: datetime.datetime | None = None
 
 
 class Certificate(Resource):

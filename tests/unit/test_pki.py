@@ -53,7 +53,10 @@ def test_create_then_load_round_trips(tmp_path: Path) -> None:
     assert loaded.key.private_numbers() == created.key.private_numbers()
     assert _mode(tmp_path / "ca" / "ca.key") == 0o600
     assert _mode(tmp_path / "ca") == 0o700
-    assert created.cert.subject.rfc4514_string() == "CN=test-ca"
+    assert loaded.root == created.root
+    assert created.root.subject.rfc4514_string() == "CN=test-ca"
+    assert created.cert.issuer == created.root.subject
+    assert isinstance(created.key, ec.EllipticCurvePrivateKey)
     assert isinstance(created.key.curve, ec.SECP256R1)
 
 
@@ -71,7 +74,7 @@ def test_load_refuses_a_key_that_does_not_match(tmp_path: Path) -> None:
         CertificateAuthority.load(tmp_path)
 
 
-def test_ca_certificate_is_a_path_length_zero_ca(ca: CertificateAuthority) -> None:
+def test_issuing_ca_is_a_path_length_zero_ca(ca: CertificateAuthority) -> None:
     constraints = ca.cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert constraints.critical
     assert constraints.value.ca and constraints.value.path_length == 0
@@ -161,7 +164,12 @@ def _signed_by(
 def test_verifier_accepts_a_client_of_the_cluster(ca: CertificateAuthority) -> None:
     verifier = ClientCertificateVerifier(ca.cert_pem)
     cert_pem, _ = ca.issue("admin", organizations=["system:masters"], client=True)
-    assert verifier.verify(_cert(cert_pem)) == Identity("admin", ("system:masters",))
+    leaf, *chain = x509.load_pem_x509_certificates(cert_pem)
+    assert chain == list(ca.chain)
+    assert verifier.verify(leaf, chain) == Identity("admin", ("system:masters",))
+    # Without the intermediate there is no path to the root.
+    with pytest.raises(CertificateRejected):
+        verifier.verify(leaf)
 
 
 def test_verifier_rejects_another_ca(ca: CertificateAuthority) -> None:
@@ -170,14 +178,14 @@ def test_verifier_rejects_another_ca(ca: CertificateAuthority) -> None:
     impostor = CertificateAuthority.generate(common_name="hypermesh-ca")
     cert_pem, _ = impostor.issue("admin", organizations=["system:masters"], client=True)
     with pytest.raises(CertificateRejected):
-        verifier.verify(_cert(cert_pem))
+        verifier.verify(_cert(cert_pem), impostor.chain)
 
 
 def test_verifier_rejects_a_server_only_certificate(ca: CertificateAuthority) -> None:
     verifier = ClientCertificateVerifier(ca.cert_pem)
     cert_pem, _ = ca.issue("apiserver", ip_addresses=["127.0.0.1"], server=True)
     with pytest.raises(CertificateRejected):
-        verifier.verify(_cert(cert_pem))
+        verifier.verify(_cert(cert_pem), ca.chain)
 
 
 def test_verifier_rejects_expired_and_not_yet_valid(ca: CertificateAuthority) -> None:
@@ -193,14 +201,14 @@ def test_verifier_rejects_expired_and_not_yet_valid(ca: CertificateAuthority) ->
     future = _signed_by(ca, name, not_before=now + datetime.timedelta(days=1))
     for cert in (expired, future):
         with pytest.raises(CertificateRejected):
-            verifier.verify(cert)
+            verifier.verify(cert, ca.chain)
 
 
 def test_verifier_rejects_a_valid_chain_without_user(ca: CertificateAuthority) -> None:
     verifier = ClientCertificateVerifier(ca.cert_pem)
     cert = _signed_by(ca, x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "g")]))
     with pytest.raises(CertificateRejected, match="no common name"):
-        verifier.verify(cert)
+        verifier.verify(cert, ca.chain)
 
 
 # A server's first start
@@ -211,10 +219,12 @@ def test_ensure_server_pki_creates_everything_with_safe_modes(tmp_path: Path) ->
     directory = tmp_path / "pki"
     assert result.directory == directory
     assert _mode(directory) == 0o700
-    for name in ("ca.crt", "ca.key", "server.crt", "server.key", "admin.crt", "admin.key"):
+    names = ("ca.crt", "ca.key", "intermediate.pem", "server.crt", "server.key", "admin.crt")
+    for name in (*names, "admin.key"):
         assert (directory / name).is_file(), name
     for key in (result.ca_key_path, result.server_key_path, result.admin_key_path):
         assert _mode(key) == 0o600
+    assert _mode(directory / "intermediate.pem") == 0o600
     assert result.ca_pem == (directory / "ca.crt").read_bytes()
 
     admin = _cert(result.admin_cert_pem)
