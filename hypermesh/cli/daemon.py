@@ -246,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--data-dir", required=True, type=Path)
     q.add_argument("--root", type=Path, default=None, help="the directory holding ca.key (the --root-out of init; default: DATA_DIR/pki)")
 
+    from hypermesh.cli import security
+
+    security.add_parsers(sub)
+
     p = sub.add_parser("restore", help="replace the state with a snapshot (server must be stopped)")
     p.add_argument("--data-dir", required=True, type=Path)
     p.add_argument("--force", action="store_true", help="replace an existing, non-empty state")
@@ -289,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "pki":
         return _pki(args)
+    if args.command == "user":
+        return security.run_user(args)
+    if args.command == "audit":
+        return security.run_audit(args)
     if args.command == "restore":
         from hypermesh.store import StoreError, restore
 
