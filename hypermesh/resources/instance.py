@@ -200,6 +200,9 @@ class InstanceSpec(Model):
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
     termination_grace_period_seconds: NonNegative = 30
     hostname: DNSLabel | None = None
+    # Unset means true, the node's user namespace; not a stored default, so adding the field
+    # changes no existing Workload's template (whose hash would otherwise roll its Instances).
+    host_users: bool | None = None
     volumes: list[Volume] | None = None
 
 

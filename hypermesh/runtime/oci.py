@@ -8,13 +8,16 @@ machine it runs on, so it is where Kubernetes' rules are applied:
   `$(VAR)` references in command, args and env values expand from the container's env as
   kubelet expands them; env is the image's, overlaid by the container's; the user is
   `runAsUser`/`runAsGroup`, else the image's USER, with names resolved in the image's own
-  /etc/passwd and /etc/group;
+  /etc/passwd and /etc/group (`users`);
 - resources: the memory limit, a CFS quota from the cpu limit, cpu shares from the cpu request
   (the limit when no request is given, as the API server defaults it), a pids limit;
 - hardening that a user does not have to ask for: Docker's short capability list (minus what
   `securityContext.capabilities.drop` removes, plus what `add` grants), no_new_privs unless
   `allowPrivilegeEscalation: true`, the default seccomp filter of `seccomp.py`, runc's masked
-  and read-only /proc and /sys paths, and a user namespace when the node asks for one.
+  and read-only /proc and /sys paths;
+- a user namespace when the Instance asks for one (`spec.hostUsers: false`): container ids
+  0-65535 are host ids from `userns_base` (the range `userns.RangePool` gave the Instance), and
+  the mounts a namespaced root may make replace those it may not (see `_mounts`).
 
 It is a pure function of its inputs apart from reading the image's passwd and group files (and
 this process's own open-files limit, see `nofile_limit`), so everything above is unit tested
@@ -25,15 +28,14 @@ which the agent reports as the container's waiting message.
 from __future__ import annotations
 
 import functools
-import os
 import re
 import resource
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from hypermesh.runtime import seccomp
+from hypermesh.runtime import seccomp, users
+from hypermesh.runtime.idmap import RANGE_SIZE
 from hypermesh.scheduler.quantities import QuantityError, to_base_units
 
 __all__ = [
@@ -55,9 +57,10 @@ CFS_PERIOD = 100_000
 # Kubernetes' bounds: no quota below 1 ms per period, shares between 2 and 2**18.
 MIN_CFS_QUOTA = 1000
 MIN_SHARES, MAX_SHARES = 2, 262144
-# Where container uid 0 lands on the host in a user namespace (the usual /etc/subuid start).
+# Where container uid 0 lands on the host in a user namespace when the caller does not say
+# (the usual /etc/subuid start); the agent passes each Instance's own range instead.
 DEFAULT_USERNS_BASE = 100_000
-USERNS_SIZE = 65536
+USERNS_SIZE = RANGE_SIZE
 
 # What Docker grants by default; everything else is dropped.
 DEFAULT_CAPABILITIES = (
@@ -193,17 +196,19 @@ def runtime_spec(
 
     `field_path` is the container's place in the Instance (e.g. "spec.containers[1]"), used in
     error messages. `extra_mounts` (OCI mount objects: volumes, /etc/hosts ...) follow the
-    standard ones. `oom_score_adj` is written explicitly so the container never inherits the
-    protected score of the shim that starts it.
+    standard ones. With `user_namespace` the container's ids 0-65535 are host ids from
+    `userns_base`, and its user must be one of them. `oom_score_adj` is written explicitly so
+    the container never inherits the protected score of the shim that starts it.
     """
     security = _mapping(container.get("securityContext"), f"{field_path}.securityContext")
     privileged = bool(security.get("privileged"))
     capabilities = _capabilities(security, privileged, f"{field_path}.securityContext.capabilities")
     env, declared = _environment(container, image, hostname, field_path)
+    user = _user(security, image, rootfs, field_path, user_namespace)
     nofile = nofile_limit()
     process: dict[str, Any] = {
         "terminal": False,
-        "user": _user(container, image, rootfs, security, field_path),
+        "user": user.to_oci(),
         "args": _arguments(container, image, declared, field_path),
         "env": [f"{name}={value}" for name, value in env.items()],
         "cwd": _working_dir(container, image, field_path),
@@ -230,6 +235,12 @@ def runtime_spec(
         "resources": _resources(container, privileged, field_path),
     }
     if user_namespace:
+        if not 0 < userns_base <= users.MAX_ID + 1 - USERNS_SIZE:
+            raise SpecError(
+                "userns_base",
+                f"{userns_base} cannot be the first host id of {USERNS_SIZE} (1 to "
+                f"{users.MAX_ID + 1 - USERNS_SIZE})",
+            )
         namespaces.append({"type": "user"})
         mapping = [{"containerID": 0, "hostID": userns_base, "size": USERNS_SIZE}]
         linux["uidMappings"] = mapping
@@ -337,176 +348,35 @@ def _working_dir(container: Mapping[str, Any], image: ImageConfigLike, field_pat
 # The user
 
 
-@dataclass(frozen=True)
-class _Account:
-    name: str
-    uid: int
-    gid: int
-
-
 def _user(
-    container: Mapping[str, Any],
+    security: Mapping[str, Any],
     image: ImageConfigLike,
     rootfs: Path,
-    security: Mapping[str, Any],
     field_path: str,
-) -> dict[str, Any]:
-    where = f"{field_path}.securityContext"
-    run_as_user = _optional_id(security.get("runAsUser"), f"{where}.runAsUser")
-    run_as_group = _optional_id(security.get("runAsGroup"), f"{where}.runAsGroup")
-    passwd = _Passwd(rootfs)
-    if run_as_user is not None:
-        # runAsUser replaces the image's USER entirely, group included, as containerd does.
-        uid = run_as_user
-        account = passwd.by_uid(uid)
-        gid = account.gid if account is not None else 0
-    else:
-        uid, gid, account = _image_user(image.user or "", passwd, rootfs, f"{field_path}.image")
-    if run_as_group is not None:
-        gid = run_as_group
-    if security.get("runAsNonRoot") is True and uid == 0:
-        raise SpecError(
-            f"{where}.runAsNonRoot",
-            "the container would run as root (uid 0); set runAsUser or use an image with a "
-            "non-root USER",
-        )
-    user: dict[str, Any] = {"uid": uid, "gid": gid}
-    if account is not None:
-        extra = sorted(g for g in _member_groups(rootfs, account.name) if g != gid)
-        if extra:
-            user["additionalGids"] = extra
+    user_namespace: bool,
+) -> users.ProcessUser:
+    try:
+        user = users.resolve(security, image.user or "", rootfs, field_path)
+    except users.UserError as exc:
+        raise SpecError(exc.field, exc.problem) from None
+    if not user_namespace:
+        return user
+    # The runtime could only fail to switch to an id the namespace does not map.
+    unmapped = "is outside the Instance's user namespace (spec.hostUsers: false maps ids 0 to "
+    unmapped += f"{USERNS_SIZE - 1})"
+    if user.uid >= USERNS_SIZE:
+        raise SpecError(user.uid_field, f"user id {user.uid} {unmapped}")
+    if user.gid >= USERNS_SIZE:
+        raise SpecError(user.gid_field, f"group id {user.gid} {unmapped}")
+    for gid in user.additional_gids:
+        if gid >= USERNS_SIZE:
+            raise SpecError(
+                f"{field_path}.image", f"supplementary group id {gid} of the image {unmapped}"
+            )
     return user
 
 
-def _image_user(
-    text: str, passwd: _Passwd, rootfs: Path, field: str
-) -> tuple[int, int, _Account | None]:
-    name, _, group = text.partition(":")
-    if not name:
-        if group:
-            raise SpecError(field, f"the image's USER {text!r} names a group but no user")
-        return 0, 0, passwd.by_uid(0)
-    if name.isdigit():
-        uid = int(name)
-        account = passwd.by_uid(uid)
-    else:
-        account = passwd.by_name(name)
-        if account is None:
-            raise SpecError(
-                field,
-                f"the image's USER {text!r}: there is no user {name!r} in the image's "
-                f"/etc/passwd{passwd.why_missing()}",
-            )
-        uid = account.uid
-    if not group:
-        return uid, (account.gid if account is not None else 0), account
-    if group.isdigit():
-        return uid, int(group), account
-    gid = _group_id(rootfs, group)
-    if gid is None:
-        raise SpecError(
-            field,
-            f"the image's USER {text!r}: there is no group {group!r} in the image's /etc/group",
-        )
-    return uid, gid, account
-
-
-class _Passwd:
-    """The image's /etc/passwd, read once and only if a user has to be looked up."""
-
-    def __init__(self, rootfs: Path) -> None:
-        self._rootfs = rootfs
-        self._accounts: list[_Account] | None = None
-        self._missing = False
-
-    def by_uid(self, uid: int) -> _Account | None:
-        return next((a for a in self._entries() if a.uid == uid), None)
-
-    def by_name(self, name: str) -> _Account | None:
-        return next((a for a in self._entries() if a.name == name), None)
-
-    def why_missing(self) -> str:
-        return " (the image has no /etc/passwd)" if self._missing else ""
-
-    def _entries(self) -> list[_Account]:
-        if self._accounts is None:
-            text = _read_in_root(self._rootfs, "/etc/passwd")
-            self._missing = text is None
-            self._accounts = list(_parse_accounts(text or ""))
-        return self._accounts
-
-
-def _parse_accounts(text: str) -> Iterator[_Account]:
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) >= 4 and fields[2].isdigit() and fields[3].isdigit():
-            yield _Account(fields[0], int(fields[2]), int(fields[3]))
-
-
-def _group_entries(rootfs: Path) -> Iterator[tuple[str, int, list[str]]]:
-    for line in (_read_in_root(rootfs, "/etc/group") or "").splitlines():
-        fields = line.split(":")
-        if len(fields) >= 3 and fields[2].isdigit():
-            members = fields[3].split(",") if len(fields) > 3 and fields[3] else []
-            yield fields[0], int(fields[2]), members
-
-
-def _group_id(rootfs: Path, name: str) -> int | None:
-    return next((gid for group, gid, _ in _group_entries(rootfs) if group == name), None)
-
-
-def _member_groups(rootfs: Path, user: str) -> set[int]:
-    return {gid for _, gid, members in _group_entries(rootfs) if user in members}
-
-
-def _read_in_root(rootfs: Path, path: str, *, limit: int = 1 << 20) -> str | None:
-    """A file of the image, with symlinks resolved inside `rootfs`: an image's /etc/passwd that
-    links to /etc/shadow must read the image's shadow, never the host's."""
-    resolved = _resolve_in_root(rootfs, path)
-    if resolved is None or not resolved.is_file():
-        return None
-    try:
-        with resolved.open("rb") as handle:
-            return handle.read(limit).decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
-def _resolve_in_root(rootfs: Path, path: str, *, max_links: int = 40) -> Path | None:
-    pending = list(PurePosixPath(path).parts[1:])
-    current: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            # ".." at the root stays at the root, as it does after chroot.
-            if current:
-                current.pop()
-            continue
-        candidate = rootfs.joinpath(*current, part)
-        if candidate.is_symlink():
-            links += 1
-            if links > max_links:
-                return None
-            target = PurePosixPath(os.readlink(candidate))
-            if target.is_absolute():
-                current = []
-                pending = list(target.parts[1:]) + pending
-            else:
-                pending = list(target.parts) + pending
-            continue
-        current.append(part)
-    return rootfs.joinpath(*current)
-
-
-def _optional_id(value: Any, field: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32 - 1:
-        raise SpecError(field, f"{value!r} is not a user or group id (0 to 4294967294)")
-    return value
+# Limits
 
 
 @functools.cache
@@ -654,13 +524,18 @@ def _mounts(privileged: bool, user_namespace: bool) -> list[dict[str, Any]]:
     ]
     if user_namespace:
         # sysfs belongs to the network namespace's owner, which is the host's user namespace
-        # when the agent made the netns: a container root cannot mount it, only bind it.
+        # when the agent made the netns: a container root cannot mount it, only bind it. And
+        # only recursively, as everything the namespace inherited is locked together; so the
+        # host's mounts below /sys come along, and "rro" (runc 1.1+, mount_setattr) makes them
+        # read-only too, where "ro" would cover /sys itself only. (/proc, /dev/pts, /dev/mqueue
+        # and tmpfs are the namespace's own and mount as usual; runc binds the /dev nodes it
+        # cannot create, and turns the cgroup mount into binds of the container's cgroups.)
         mounts.append(
             {
                 "destination": "/sys",
                 "type": "none",
                 "source": "/sys",
-                "options": ["rbind", "nosuid", "noexec", "nodev", *ro],
+                "options": ["rbind", "nosuid", "noexec", "nodev", *(["rro"] if ro else [])],
             }
         )
     else:
