@@ -782,3 +782,73 @@ def test_ensure_busybox_explains_what_to_install(store: ImageStore, tmp_path: Pa
     # A dynamically linked executable would not start in an image without a C library.
     with pytest.raises(ImageError, match="not a statically linked executable"):
         store.ensure_busybox(busybox=Path(os.path.realpath(sys.executable)))
+
+
+# Uploads: archives and build directories that arrive as open files
+
+
+def test_an_open_archive_is_named_and_reported_by_its_label(store: ImageStore, tmp_path: Path) -> None:
+    archive = oci_archive(tmp_path / "anything", {"": Spec([base_layer()])})
+    with open(archive, "rb") as source:
+        [image] = store.import_file(source, label="web.tar")
+    assert image.name == "web:latest"
+    bad = oci_archive(tmp_path / "x", {"1": Spec([top_layer()])}, tamper=top_layer().digest)
+    with open(bad, "rb") as source, pytest.raises(ImageError, match=r"^web\.tar: blobs/sha256/"):
+        store.import_file(source, label="web.tar")
+
+
+def test_a_failed_import_collects_only_what_it_stored(store: ImageStore, tmp_path: Path) -> None:
+    [kept] = store.import_archive(oci_archive(tmp_path / "kept.tar", {"1": Spec([base_layer()])}))
+    # Unnamed but still on disk, as an image removed while a container used it would be.
+    (store.root / "refs.json").write_text("{}")
+    fresh = layer(file("fresh", b"new content"))
+    broken = oci_archive(tmp_path / "b.tar", {"1": Spec([fresh, top_layer()])}, tamper=top_layer().digest)
+    with pytest.raises(ImageError, match="was expected"):
+        store.import_archive(broken)
+    blobs = {path.name for path in (store.root / "blobs" / "sha256").iterdir()}
+    assert fresh.digest[7:] not in blobs
+    assert kept.digest[7:] in blobs and kept.layers[0].is_dir()
+    assert not staged(store)
+
+
+def test_a_directory_sent_as_a_tar_builds_the_same_image(store: ImageStore, tmp_path: Path) -> None:
+    source = tmp_path / "site"
+    (source / "www").mkdir(parents=True)
+    (source / "www" / "index.html").write_text("<h1>hi</h1>\n")
+    (source / "run.sh").write_text("#!/bin/sh\n")
+    os.symlink("www/index.html", source / "index")
+    for path in (source / "www" / "index.html", source / "run.sh", source / "www"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    local = store.build(source, "site:local", env=["A=1"])
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for child in sorted(source.iterdir()):
+            tar.add(child, arcname=child.name)
+    for data in (packed.getvalue(), gzip.compress(packed.getvalue())):
+        sent = store.build_from_tar(io.BytesIO(data), "site:sent", label="site/", env=["A=1"])
+        assert (sent.digest, sent.layer_digests) == (local.digest, local.layer_digests)
+
+    whiteout = io.BytesIO()
+    with tarfile.open(fileobj=whiteout, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("etc/.wh.passwd"))
+    with pytest.raises(ImageError, match=r"^ctx/: etc/\.wh\.passwd: names starting with '\.wh\.'"):
+        store.build_from_tar(whiteout, "x:1", label="ctx/")
+    with pytest.raises(ImageError, match="^ctx/: not a tar archive of a directory"):
+        store.build_from_tar(io.BytesIO(b"junk" * 200), "x:1", label="ctx/")
+    with pytest.raises(ImageError, match="working directory 'www' must be an absolute path"):
+        store.build_from_tar(io.BytesIO(packed.getvalue()), "x:1", label="ctx/", working_dir="www")
+    assert [image.name for image in store.list()] == ["site:local", "site:sent"]
+    assert not staged(store)
+
+
+def test_remove_says_which_names_went_and_what_was_freed(store: ImageStore, tmp_path: Path) -> None:
+    [image] = store.import_archive(oci_archive(tmp_path / "d.tar", {"1": Spec([base_layer()])}))
+    [again] = store.import_archive(oci_archive(tmp_path / "e.tar", {"2": Spec([base_layer()])}))
+    assert again.digest == image.digest
+    (tmp_path / "other").mkdir()
+    store.build(tmp_path / "other", "other:1")
+    assert store.remove("e:2") == images.Removal(("e:2",), image.digest, 0)
+    removal = store.remove(image.digest)
+    assert (removal.names, removal.digest) == (("d:1",), image.digest)
+    assert removal.freed == image.size
+    assert store.names() == {"other:1": store.resolve("other:1").digest}
