@@ -5,14 +5,18 @@ each request: health and version endpoints first (they are public, as in Kuberne
 identity check (mutual TLS happened in the transport; here a request without a verified client
 certificate gets 401), then discovery, OpenAPI, and the resource verbs. Any `ApiError` becomes a
 `Status` response; any other exception becomes a 500 Status and a log line, never a crash.
+WebSocket upgrades (only interactive exec takes one) go through the same identity check and
+are refused with a Status when they cannot be served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -30,6 +34,7 @@ from hypermesh.api.watch import WatchStream
 from hypermesh.api.watchcache import WatchCache
 from hypermesh.resources.registry import Registry, ResourceType, builtin_types
 from hypermesh.store import Store
+from hypermesh.transport.asgi import IDENTITY_SCOPE_KEY, deny_websocket
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +105,9 @@ class APIServer:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         req = Request.from_scope(scope, receive)
@@ -112,6 +120,34 @@ class APIServer:
         except Exception:
             log.exception("internal error serving %s %s", req.method, req.path)
             await send_error(send, errors.ApiError(500, "InternalError", "an internal error occurred; the server logged the details"))
+
+    async def _websocket(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        """A WebSocket upgrade: only an Instance's `exec` takes one (an interactive session,
+        relayed to its node's agent). Refusals are HTTP answers carrying a Status."""
+        try:
+            if scope.get(IDENTITY_SCOPE_KEY) is None:
+                raise errors.unauthorized()
+            target = paths.parse(unquote(scope["path"]), self.registry)
+            if (
+                not isinstance(target, paths.Target)
+                or target.name is None
+                or target.namespace is None
+                or target.subresource not in proxy.SUBRESOURCES
+                or not proxy.proxied(target.rtype)
+            ):
+                raise errors.bad_request(
+                    "only .../namespaces/NAMESPACE/instances/NAME/exec takes a WebSocket upgrade "
+                    f"(interactive exec); {scope['path']} is served over plain HTTP"
+                )
+            await self.proxy.serve_websocket(scope, receive, send, target.rtype, target.namespace, target.name, target.subresource)
+        except errors.ApiError as exc:
+            await deny_websocket(send, exc.code, exc.body())
+        except Exception:
+            log.exception("internal error serving a WebSocket on %s", scope.get("path"))
+            # Only possible before the upgrade was accepted; afterwards the connection just ends.
+            with contextlib.suppress(Exception):
+                error = errors.ApiError(500, "InternalError", "an internal error occurred; the server logged the details")
+                await deny_websocket(send, error.code, error.body())
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -14,6 +14,13 @@ prints lines as the container writes them.
 - `POST .../namespaces/NS/instances/NAME/exec?command=A&command=B&container=&timeoutSeconds=`
   runs a command without input or terminal and answers an `ExecResult`
   (`{exitCode, stdout, stderr, encoding: text|base64, timedOut}`).
+- `GET .../exec?command=...&container=&stdin=&stdout=&stderr=&tty=` with a WebSocket upgrade
+  (`v5.channel.k8s.io`, else `v4.channel.k8s.io`) is an interactive session, as `kubectl exec
+  -it` opens one: this server opens a WebSocket to the agent with the same subprotocols and
+  relays whole messages both ways (see hypermesh/client/remotecommand.py for their framing),
+  reading from one side only when the other has taken the previous message, until either ends.
+  A refusal before the session starts is an HTTP answer with a `Status`; a break afterwards a
+  Failure `Status` on the error channel.
 
 Trust. Nodes do not have certificates from the cluster CA yet, so each agent signs its own
 serving certificate and publishes its SHA-256 in its Node (`status.daemonEndpoints.
@@ -45,11 +52,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+import orjson
+
 from hypermesh.api import errors
-from hypermesh.api.http import Request, Send, send_bytes
+from hypermesh.api.http import Receive, Request, Send, send_bytes
 from hypermesh.api.storage import ObjectStorage
+from hypermesh.client import remotecommand
+from hypermesh.client.websocket import GOING_AWAY, NORMAL_CLOSURE, AsyncWebSocket, Rejected
 from hypermesh.pki.ca import CertificateAuthority
 from hypermesh.resources.registry import Registry, ResourceType
+from hypermesh.transport.asgi import DISCONNECTED_SCOPE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +81,7 @@ MAX_ANSWER = 8 * 1024 * 1024
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _LOG_PARAMS = ("follow", "previous", "tailLines", "limitBytes", "stream", "timestamps", "sinceSeconds", "sinceTime")
 _EXEC_PARAMS = ("command", "timeoutSeconds", "stdin", "tty")
+_SESSION_PARAMS = ("command", "stdin", "stdout", "stderr", "tty")
 
 
 def proxied(rtype: ResourceType) -> bool:
@@ -199,9 +212,26 @@ class AgentProxy:
         """One `log` or `exec` request, answered from the Instance's node agent."""
         if sub == "log" and req.method != "GET":
             raise errors.method_not_allowed("logs are read with GET")
+        if sub == "exec" and req.method == "GET":
+            raise errors.bad_request(
+                "Upgrade request required: GET on exec opens an interactive session over a WebSocket "
+                "(Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Protocol: "
+                f"{', '.join(remotecommand.SUBPROTOCOLS)}); a command without input or terminal is run with POST"
+            )
         if sub == "exec" and req.method != "POST":
-            raise errors.method_not_allowed("exec is requested with POST (interactive exec over a websocket is not supported)")
+            raise errors.method_not_allowed("exec is requested with POST, or with a WebSocket upgrade (GET) for an interactive session")
         query = parse_qsl(req.extra.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        address, target = await self._agent_target(rtype, namespace, name, sub, query)
+        if sub == "log":
+            await self._relay_stream(req, send, address, target)
+        else:
+            timeout = _timeout_seconds(dict(query).get("timeoutSeconds"))
+            await self._relay_whole(send, address, "POST", target, timeout + HEAD_TIMEOUT)
+
+    async def _agent_target(
+        self, rtype: ResourceType, namespace: str, name: str, sub: str, query: list[tuple[str, str]], *, session: bool = False
+    ) -> tuple[AgentAddress, str]:
+        """Where the agent of the Instance's node serves `sub`, and the request target there."""
         instance = await self.storage.get_required(rtype, namespace, name)
         container = _container(instance, dict(query).get("container"))
         node_name = (instance.get("spec") or {}).get("nodeName")
@@ -213,16 +243,100 @@ class AgentProxy:
         if node is None:
             raise errors.ApiError(503, "ServiceUnavailable", f'node "{node_name}" of instance "{name}" does not exist')
         address = agent_address(node)
-        wanted = _LOG_PARAMS if sub == "log" else _EXEC_PARAMS
+        wanted = _LOG_PARAMS if sub == "log" else _SESSION_PARAMS if session else _EXEC_PARAMS
         forwarded = [(k, v) for k, v in query if k in wanted]
         forwarded.append(("uid", str(instance["metadata"].get("uid", ""))))
         path = "/".join(quote(part, safe="") for part in ("logs" if sub == "log" else "exec", namespace, name, container))
-        target = f"/{path}?{urlencode(forwarded)}"
-        if sub == "log":
-            await self._relay_stream(req, send, address, target)
-        else:
-            timeout = _timeout_seconds(dict(query).get("timeoutSeconds"))
-            await self._relay_whole(send, address, "POST", target, timeout + HEAD_TIMEOUT)
+        return address, f"/{path}?{urlencode(forwarded)}"
+
+    async def serve_websocket(
+        self, scope: dict[str, Any], receive: Receive, send: Send, rtype: ResourceType, namespace: str, name: str, sub: str
+    ) -> None:
+        """An interactive exec session relayed to the Instance's node agent.
+
+        Until the client's upgrade is accepted, failures raise ApiError (the caller refuses the
+        upgrade with its Status); afterwards they end the session with a Failure Status on the
+        error channel.
+        """
+        if sub != "exec":
+            raise errors.bad_request(f"only exec takes a WebSocket upgrade; {sub} is requested with a plain HTTP request")
+        offered = [p for p in scope.get("subprotocols") or [] if p in remotecommand.SUBPROTOCOLS]
+        if not offered:
+            raise errors.bad_request(
+                f"none of the WebSocket subprotocols offered ({', '.join(scope.get('subprotocols') or []) or 'none'}) "
+                f"is supported: offer {' or '.join(remotecommand.SUBPROTOCOLS)}"
+            )
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        address, target = await self._agent_target(rtype, namespace, name, sub, query, session=True)
+        agent = await self._open_websocket(address, target, offered)
+        try:
+            await send({"type": "websocket.accept", "subprotocol": agent.subprotocol})
+            await self._relay_session(receive, send, scope.get(DISCONNECTED_SCOPE_KEY) or asyncio.Event(), agent, address)
+        finally:
+            agent.abort()
+
+    async def _open_websocket(self, address: AgentAddress, target: str, subprotocols: list[str]) -> AsyncWebSocket:
+        reader, writer = await self._connect(address)
+        agent = AsyncWebSocket(reader, writer)
+        try:
+            await asyncio.wait_for(
+                agent.handshake(host=address.authority, target=target, subprotocols=subprotocols,
+                                headers=[("user-agent", "hypermesh-apiserver")]),
+                HEAD_TIMEOUT,
+            )  # fmt: skip
+        except Rejected as exc:
+            agent.abort()
+            # The agent's refusal is a Status written for the user ("container ... is not running").
+            raise _agent_error(address, exc.status, exc.body) from None
+        except (OSError, TimeoutError, ValueError, ConnectionError) as exc:
+            agent.abort()
+            raise _unreachable(address, f"no WebSocket session ({exc.__class__.__name__}: {exc})") from None
+        if agent.subprotocol not in subprotocols:
+            agent.abort()
+            raise _unreachable(address, f"it chose the subprotocol {agent.subprotocol!r}, which was not offered")
+        return agent
+
+    async def _relay_session(
+        self, receive: Receive, send: Send, disconnected: asyncio.Event, agent: AsyncWebSocket, address: AgentAddress
+    ) -> None:
+        status_seen = False
+
+        async def upstream() -> None:
+            # Client to agent: a message is received only once the previous one is written.
+            while (message := await receive())["type"] != "websocket.disconnect":
+                data = message.get("bytes")
+                await agent.send(data if data is not None else (message.get("text") or "").encode())
+
+        async def downstream() -> None:
+            nonlocal status_seen
+            while (data := await agent.receive()) is not None:
+                status_seen = status_seen or data[:1] == bytes((remotecommand.ERROR,))
+                await send({"type": "websocket.send", "bytes": data})
+
+        up, down = asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())
+        gone, stopping = asyncio.ensure_future(disconnected.wait()), asyncio.ensure_future(self.shutdown.wait())
+        try:
+            done, _ = await asyncio.wait({up, down, gone, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (up, down, gone, stopping):
+                task.cancel()
+        # The client left (its disconnect, or the end of its messages): nothing to tell it.
+        client_gone = gone in done or (up in done and up.exception() is None)
+        if not client_gone:
+            broken = [task.exception() for task in (up, down) if task in done and task.exception() is not None]
+            if stopping in done:
+                ending = remotecommand.failure_status("the API server is shutting down", reason="ServiceUnavailable", code=503)
+            elif broken and not status_seen:
+                log.warning("exec session with node %s broke off: %s", address.node, broken[0])
+                ending = remotecommand.failure_status(f'the connection to the agent of node "{address.node}" broke off: {broken[0]}')
+            else:
+                ending = None
+            with contextlib.suppress(Exception):
+                if ending is not None:
+                    await send({"type": "websocket.send", "bytes": remotecommand.status_frame(ending)})
+                await send({"type": "websocket.close", "code": GOING_AWAY if stopping in done else NORMAL_CLOSURE})
+        # Whoever ended first, the agent hears of it: a client gone means its command is killed.
+        await agent.close(GOING_AWAY if stopping in done else NORMAL_CLOSURE)
 
     async def _relay_stream(self, req: Request, send: Send, address: AgentAddress, target: str) -> None:
         response = await self._open(address, "GET", target, HEAD_TIMEOUT)
@@ -258,7 +372,9 @@ class AgentProxy:
             response.close()
         await send_bytes(send, response.status, body, content_type=response.content_type)
 
-    async def _open(self, address: AgentAddress, method: str, target: str, timeout: float) -> _AgentResponse:
+    async def _connect(self, address: AgentAddress) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TLS connection to the agent with our client certificate, whose certificate is the
+        one its Node publishes; nothing is sent before the pin is checked."""
         credentials = await self._client_credentials()
         try:
             reader, writer = await asyncio.wait_for(
@@ -273,6 +389,10 @@ class AgentProxy:
         except PinMismatch as exc:
             writer.close()
             raise _unreachable(address, f"refusing the connection: {exc}") from None
+        return reader, writer
+
+    async def _open(self, address: AgentAddress, method: str, target: str, timeout: float) -> _AgentResponse:
+        reader, writer = await self._connect(address)
         head = (
             f"{method} {target} HTTP/1.1\r\nHost: {address.authority}\r\nUser-Agent: hypermesh-apiserver\r\n"
             "Accept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -387,6 +507,17 @@ def _timeout_seconds(text: str | None) -> int:
         return max(1, int(text)) if text else EXEC_TIMEOUT
     except ValueError:
         raise errors.bad_request(f"timeoutSeconds={text!r} is not a whole number") from None
+
+
+def _agent_error(address: AgentAddress, status: int, body: bytes) -> errors.ApiError:
+    """The agent's error answer as ours: its Status when it sent one."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("kind") == "Status" and parsed.get("message"):
+        return errors.ApiError(status, str(parsed.get("reason") or "BadRequest"), str(parsed["message"]))
+    return _unreachable(address, f"it refused the session with HTTP {status}: {body[:200].decode(errors='replace')}")
 
 
 def _unreachable(address: AgentAddress, why: str) -> errors.ApiError:

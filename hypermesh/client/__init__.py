@@ -6,7 +6,9 @@ Layers, each usable alone:
 - `http`: `Client`, synchronous HTTP to the API server over HTTP/3 or HTTPS on TCP, with
   `ApiError` for error `Status` answers and `ClientError` for no answer at all;
 - `resources`: `Discovery` of served kinds and `Resource`, which turns a kind into URL paths;
-- `api`: `Api`, the Kubernetes verbs (get, list, create, apply, patch, delete, watch).
+- `api`: `Api`, the Kubernetes verbs (get, list, create, apply, patch, delete, watch);
+- `remotecommand` and `websocket`: interactive exec's wire format and WebSocket connections
+  (imported only by what opens a session).
 
 Importing this package is cheap on purpose (the CLI starts on every keystroke of a shell
 loop): aioquic, PyYAML and the TLS stack are imported only when a command first needs them.

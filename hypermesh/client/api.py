@@ -16,7 +16,7 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -24,6 +24,9 @@ from hypermesh.client.errors import ClientError
 from hypermesh.client.http import Client, EventStream
 from hypermesh.client.resources import Discovery, Resource
 from hypermesh.client.transports import StreamHandle
+
+if TYPE_CHECKING:
+    from hypermesh.client.websocket import WebSocket
 
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io"
 JSON = "application/json"
@@ -188,6 +191,28 @@ class Api:
         path = res.path(_ns(res, namespace), name, "exec")
         return ExecOutput.from_result(_object(self.client.request("POST", path, query=query).json()))
 
+    def exec_session(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str,
+        command: Sequence[str],
+        *,
+        container: str | None = None,
+        stdin: bool = False,
+        tty: bool = False,
+    ) -> WebSocket:
+        """Open an interactive exec: a WebSocket speaking Kubernetes' remote command protocol
+        (`remotecommand`), v5 if the server has it. Always over TCP (HTTP/3 has no upgrade)."""
+        from hypermesh.client import remotecommand, websocket
+
+        query = session_query(command, container=container, stdin=stdin, tty=tty)
+        path = res.path(_ns(res, namespace), name, "exec")
+        return websocket.connect(
+            self.client.config, path, query,
+            subprotocols=remotecommand.SUBPROTOCOLS, timeout=self.client.timeout, user_agent=self.client.user_agent,
+        )  # fmt: skip
+
     # Writing
 
     def create(
@@ -318,6 +343,24 @@ def exec_query(
     if timeout_seconds is not None:
         query.append(("timeoutSeconds", str(timeout_seconds)))
     return query
+
+
+def session_query(
+    command: Sequence[str], *, container: str | None = None, stdin: bool = False, tty: bool = False
+) -> list[tuple[str, str]]:
+    """The query of an interactive exec: the command, and which streams to join (with a
+    terminal there is no separate stderr, as with kubectl)."""
+    if not command:
+        raise ValueError("exec needs a command")
+    query = [("command", arg) for arg in command]
+    if container:
+        query.append(("container", container))
+    query += [("stdin", _bool(stdin)), ("stdout", "true"), ("stderr", _bool(not tty)), ("tty", _bool(tty))]
+    return query
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def _ns(res: Resource, namespace: str | None) -> str | None:

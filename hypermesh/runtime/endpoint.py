@@ -13,6 +13,8 @@ The contract (paths, query parameters, answers) is this module's:
   or `Stderr`, as in Kubernetes 1.32's split-stream logs.
 - `POST /exec/{namespace}/{name}/{container}?uid=&command=ARG&command=ARG...&timeoutSeconds=`
   runs the command in the running container without input and answers an `ExecResult`.
+- `GET /exec/...?uid=&command=...&stdin=&stdout=&stderr=&tty=` with a WebSocket upgrade
+  (`v5.channel.k8s.io` or `v4.channel.k8s.io`) is an interactive session (`terminal`).
 - Errors are Kubernetes `Status` objects, so the API server can pass them on unchanged.
 
 `uid`, when given, must be the Instance's: an Instance deleted and created again under the same
@@ -26,15 +28,9 @@ its kubeconfig) naming the API server's user, `system:apiserver`, or a member of
 `system:masters` (an administrator, as kubelet lets cluster-admins in); a node's own
 certificate is refused, so one node cannot read another's logs.
 
-Logs: the shim writes stdout and stderr to separate files, unframed and without timestamps
-(see `logfiles`), so the order of lines across the two streams is lost once written. An answer
-gives stdout, then stderr: an error message is usually the last thing a crashed program says,
-so it lands at the end where one looks first. `tailLines` counts lines of that whole answer.
-While following, new lines of either stream go out in the order the agent sees them (it polls
-four times a second) and a line is sent only once complete. A follow ends when the container's
-exit file appears and both files are drained, when the client goes away, or when the agent
-stops. `timestamps`, `sinceSeconds` and `sinceTime` need times the files do not record, so they
-are refused rather than silently ignored.
+Logs are read by `logreader` (stdout, then stderr; following polls the files), and the
+`timestamps`, `sinceSeconds` and `sinceTime` options are refused rather than silently ignored,
+since the files record no times. Interactive exec (a WebSocket on `/exec/...`) is `terminal`'s.
 """
 
 from __future__ import annotations
@@ -46,12 +42,10 @@ import datetime
 import hashlib
 import ipaddress
 import logging
-import os
 import socket
 import ssl
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote
@@ -66,11 +60,19 @@ from hypermesh.pki import files as pki_files
 from hypermesh.pki.ca import cert_to_pem, generate_key, key_to_pem
 from hypermesh.pki.identity import Identity
 from hypermesh.resources.meta import Model
-from hypermesh.runtime import imageapi, logfiles, runc
+from hypermesh.runtime import imageapi, logfiles, runc, terminal
+from hypermesh.runtime.logreader import LogOptions, read_logs
 from hypermesh.runtime.supervisor import NodeServices, container_id
-from hypermesh.transport.asgi import IDENTITY_SCOPE_KEY, Receive, Scope, Send
+from hypermesh.transport.asgi import (
+    DISCONNECTED_SCOPE_KEY,
+    IDENTITY_SCOPE_KEY,
+    Receive,
+    Scope,
+    Send,
+    deny_websocket,
+)
 from hypermesh.transport.sockets import tcp_listener
-from hypermesh.transport.tcp import IdentityHttpToolsProtocol
+from hypermesh.transport.tcp import IdentityHttpToolsProtocol, IdentityWSProtocol
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +96,6 @@ ADMIN_GROUP = "system:masters"
 # An exec runs this long unless the request says otherwise, and never longer than the cap.
 EXEC_TIMEOUT = 60
 MAX_EXEC_TIMEOUT = 3600
-# How often a follow looks at the files.
-FOLLOW_POLL = 0.25
-# How long a follow waits for the rotated copy of a file it saw shrink.
-ROTATION_WAIT = 2.0
-# Reading unit for log files, forwards and backwards.
-_CHUNK = 1 << 16
 # The serving certificate lasts this long and is replaced at a start this close to its end.
 _CERT_DAYS = 365
 _CERT_RENEW = datetime.timedelta(days=30)
@@ -266,219 +262,6 @@ def allowed(identity: Identity | None) -> bool:
     return identity.user == APISERVER_USER or ADMIN_GROUP in identity.groups
 
 
-# -- reading logs ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LogOptions:
-    """What a log request asks for (Kubernetes' PodLogOptions, where the files allow it)."""
-
-    streams: tuple[logfiles.Stream, ...] = logfiles.STREAMS
-    follow: bool = False
-    previous: bool = False
-    tail_lines: int | None = None
-    limit_bytes: int | None = None
-
-
-async def read_logs(
-    workdir: Path, options: LogOptions, *, stop: asyncio.Event, poll: float = FOLLOW_POLL
-) -> AsyncIterator[bytes]:
-    """A container's output as `options` ask: what is written so far, then (following) what
-    comes, until the container ends, `stop` is set, or the caller stops iterating."""
-    budget = options.limit_bytes if options.limit_bytes is not None else -1
-
-    def spend(data: bytes) -> bytes:
-        nonlocal budget
-        if budget < 0:
-            return data
-        data, budget = data[:budget], max(0, budget - len(data))
-        return data
-
-    following = options.follow and not options.previous
-    # Followers first: each notes where its file ends (and which rotated copy exists) at the
-    # moment the history below is cut, so nothing is sent twice or skipped.
-    followers = (
-        [_Follower(logfiles.current_log(workdir, stream)) for stream in options.streams]
-        if following
-        else []
-    )
-    parts = {
-        stream: [(path, _size(path)) for path in logfiles.run_files(workdir, stream, previous=options.previous)]
-        for stream in options.streams
-    }
-    for follower in followers:
-        for stream in options.streams:
-            parts[stream] = [(p, min(end, follower.offset) if p == follower.path else end) for p, end in parts[stream]]
-    if options.tail_lines is not None:
-        lines: list[bytes] = []
-        for stream in options.streams:
-            lines += await asyncio.to_thread(_tail_lines, parts[stream], options.tail_lines)
-        _end_lines(lines)
-        if data := spend(b"".join(lines[-options.tail_lines :] if options.tail_lines else [])):
-            yield data
-    else:
-        last = b"\n"
-        for stream in options.streams:
-            if parts[stream] and last != b"\n":
-                # The previous stream ended mid-line; the next one starts on a line of its own.
-                last = b"\n"
-                if data := spend(b"\n"):
-                    yield data
-            for path, end in parts[stream]:
-                async for chunk in _read_range(path, 0, end):
-                    last = chunk[-1:]
-                    if data := spend(chunk):
-                        yield data
-
-    while followers and budget != 0:
-        finished = (workdir / "exit").exists() or not workdir.is_dir()
-        for follower in followers:
-            new = await asyncio.to_thread(follower.read_new)
-            if data := spend(follower.complete_lines(new, flush=finished or follower.replaced)):
-                yield data
-        if finished or all(f.replaced for f in followers):
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), poll)
-        if stop.is_set():
-            return
-
-
-@dataclass
-class _Follower:
-    """Reads what is appended to one log file, across copy-and-truncate rotations."""
-
-    path: Path
-    offset: int = 0
-    inode: int | None = None
-    rotated_inode: int | None = None
-    # The run's file was moved away (a restart made it the previous run's): nothing more comes.
-    replaced: bool = False
-    _partial: bytes = field(default=b"", repr=False)
-    _shrunk_at: float | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.rotated_inode = _inode(logfiles.rotated_log(self.path))
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return
-        self.offset, self.inode = stat.st_size, stat.st_ino
-
-    def read_new(self) -> bytes:
-        """The bytes written since the last call (blocking file I/O: run it in a thread)."""
-        if self.replaced:
-            return b""
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            # Gone after it existed: moved aside for the next run (which makes its own file).
-            self.replaced = self.inode is not None
-            return b""
-        if self.inode is None:
-            self.inode = stat.st_ino
-        elif stat.st_ino != self.inode:
-            self.replaced = True
-            return b""
-        data = b""
-        rotated_inode = _inode(logfiles.rotated_log(self.path))
-        if rotated_inode is not None and rotated_inode != self.rotated_inode:
-            # Rotated since the last look. Rotation copies the file, truncates it, then puts
-            # the copy in place: what followed our offset is in the copy, and the live file
-            # starts again from zero.
-            self.rotated_inode = rotated_inode
-            data = _read_all(logfiles.rotated_log(self.path), self.offset)
-            self.offset, self._shrunk_at = 0, None
-        elif stat.st_size < self.offset:
-            # Truncated, but the copy is not in place yet: wait for it, though not for ever,
-            # in case this was no rotation at all.
-            now = time.monotonic()
-            self._shrunk_at = self._shrunk_at or now
-            if now - self._shrunk_at < ROTATION_WAIT:
-                return b""
-            self.offset, self._shrunk_at = 0, None
-        new = _read_all(self.path, self.offset)
-        self.offset += len(new)
-        return data + new
-
-    def complete_lines(self, data: bytes, *, flush: bool) -> bytes:
-        """Whole lines only, so two streams never mix within a line; `flush` gives the rest."""
-        data = self._partial + data
-        if flush:
-            self._partial = b""
-            return data
-        cut = data.rfind(b"\n") + 1
-        self._partial = data[cut:]
-        return data[:cut]
-
-
-async def _read_range(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
-    position = start
-    while position < end:
-        chunk = await asyncio.to_thread(_read_all, path, position, min(end, position + _CHUNK))
-        if not chunk:
-            return
-        position += len(chunk)
-        yield chunk
-
-
-def _read_all(path: Path, start: int, end: int | None = None) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(start)
-            return handle.read(-1 if end is None else max(0, end - start))
-    except FileNotFoundError:
-        return b""
-
-
-def _tail_lines(parts: list[tuple[Path, int]], lines: int) -> list[bytes]:
-    """The last `lines` lines of the files (oldest first, each read up to its end offset),
-    reading backwards so the cost follows the lines wanted rather than the file sizes."""
-    if lines <= 0:
-        return []
-    blocks: list[bytes] = []
-    newlines = 0
-    for path, end in reversed(parts):
-        try:
-            handle = path.open("rb")
-        except FileNotFoundError:
-            continue
-        with handle:
-            position = end
-            # One newline more than `lines` marks where the first wanted line starts.
-            while position > 0 and newlines <= lines:
-                start = max(0, position - _CHUNK)
-                handle.seek(start)
-                block = handle.read(position - start)
-                blocks.append(block)
-                newlines += block.count(b"\n")
-                position = start
-        if newlines > lines:
-            break
-    return b"".join(reversed(blocks)).splitlines(keepends=True)[-lines:]
-
-
-def _end_lines(lines: list[bytes]) -> None:
-    """A stream's last line may lack its newline; another stream's lines must not join it."""
-    for index, line in enumerate(lines[:-1]):
-        if not line.endswith(b"\n"):
-            lines[index] = line + b"\n"
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except FileNotFoundError:
-        return None
-
-
 # -- the HTTP application ----------------------------------------------------------------------
 
 
@@ -490,25 +273,24 @@ class EndpointApp:
         self.lookup = lookup
         # One event per open log stream, set to end it (client gone, or the agent stopping).
         self._streams: set[asyncio.Event] = set()
+        # Set when the agent stops: interactive sessions end (and their commands are killed).
+        self._stopping = asyncio.Event()
 
     def end_streams(self) -> None:
-        """End every open log stream (follows included) at its next look at the files."""
+        """End every open log stream (follows included) at its next look at the files, and
+        every interactive exec session."""
+        self._stopping.set()
         for ended in self._streams:
             ended.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         try:
-            identity: Identity | None = scope.get(IDENTITY_SCOPE_KEY)
-            if identity is None or not allowed(identity):
-                who = f'user "{identity.user}"' if identity is not None else "an anonymous client"
-                raise EndpointError(
-                    403, "Forbidden",
-                    f"{who} may not use the node agent's endpoint; only the API server "
-                    f"({APISERVER_USER}) and members of {ADMIN_GROUP} may",
-                )  # fmt: skip
-            await self._route(scope, receive, send, identity)
+            await self._route(scope, receive, send, _authorized(scope))
         except EndpointError as exc:
             await _send_bytes(send, exc.code, exc.body(), b"application/json")
 
@@ -519,13 +301,57 @@ class EndpointApp:
             except imageapi.ImageRouteError as exc:
                 raise EndpointError(exc.code, exc.reason, exc.message) from None
             return
-        kind, _, rest = scope["path"].lstrip("/").partition("/")
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        kind, instance, container = self._target(scope["path"], query)
+        if kind == "logs":
+            if scope["method"] != "GET":
+                raise EndpointError(405, "MethodNotAllowed", "logs are read with GET")
+            await self._logs(receive, send, instance, container, dict(query))
+        else:
+            if scope["method"] != "POST":
+                raise EndpointError(
+                    405, "MethodNotAllowed",
+                    "exec is requested with POST, or with a WebSocket upgrade for an interactive session",
+                )  # fmt: skip
+            await self._exec(send, instance, container, query, identity)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An interactive exec session (`terminal`); anything else is refused with a Status."""
+        try:
+            identity = _authorized(scope)
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            kind, instance, container = self._target(scope["path"], query)
+            if kind != "exec":
+                raise _bad_request("only exec takes a WebSocket upgrade: logs are read with a plain GET")
+            try:
+                options = terminal.exec_options(query)
+                protocol = terminal.negotiate(list(scope.get("subprotocols") or []))
+            except terminal.SessionError as exc:
+                raise _bad_request(str(exc)) from None
+            cid = await self._running_container(instance, container)
+        except EndpointError as exc:
+            await deny_websocket(send, exc.code, exc.body())
+            return
+        meta = instance["metadata"]
+        log.info(
+            "interactive exec in %s/%s/%s for %s: %s (tty=%s)",
+            meta.get("namespace"), meta["name"], container, identity.user, options.command[0], options.tty,
+        )  # fmt: skip
+        await terminal.serve(
+            receive, send,
+            runtime=self.services.runtime, container_id=cid, options=options, protocol=protocol,
+            disconnected=scope.get(DISCONNECTED_SCOPE_KEY) or asyncio.Event(), stopping=self._stopping,
+            what=f'container "{container}"',
+        )  # fmt: skip
+
+    def _target(self, path: str, query: list[tuple[str, str]]) -> tuple[str, dict[str, Any], str]:
+        """(logs|exec, the Instance, the container) that a path names."""
+        kind, _, rest = path.lstrip("/").partition("/")
         parts = [unquote(p) for p in rest.split("/")]
         if kind not in ("logs", "exec") or len(parts) != 3 or not all(parts):
             raise EndpointError(
                 404, "NotFound", "unknown path: use /logs/NAMESPACE/NAME/CONTAINER or /exec/NAMESPACE/NAME/CONTAINER"
             )
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         namespace, name, container = parts
         instance = self._instance(namespace, name, dict(query).get("uid"))
         if container not in _container_names(instance):
@@ -533,14 +359,20 @@ class EndpointApp:
                 f'container "{container}" is not valid for instance "{name}": choose one of '
                 f"[{' '.join(_container_names(instance))}]"
             )
-        if kind == "logs":
-            if scope["method"] != "GET":
-                raise EndpointError(405, "MethodNotAllowed", "logs are read with GET")
-            await self._logs(receive, send, instance, container, dict(query))
-        else:
-            if scope["method"] != "POST":
-                raise EndpointError(405, "MethodNotAllowed", "exec is requested with POST")
-            await self._exec(send, instance, container, query, identity)
+        return kind, instance, container
+
+    async def _running_container(self, instance: dict[str, Any], container: str) -> str:
+        """The runtime's id of the container, which must be running to enter it."""
+        meta = instance["metadata"]
+        cid = container_id(str(meta["uid"]), container)
+        state = await self.services.runtime.state(cid)
+        if state is None or state.status != "running" or (self._workdir(instance, container) / "exit").exists():
+            waiting = _waiting_reason(instance, container)
+            raise _bad_request(
+                f'container "{container}" in instance "{meta["name"]}" is not running'
+                + (f" ({waiting})" if waiting else "")
+            )
+        return cid
 
     def _instance(self, namespace: str, name: str, uid: str | None) -> dict[str, Any]:
         instance = self.lookup(name, namespace)
@@ -598,17 +430,11 @@ class EndpointApp:
             raise _bad_request("exec needs a command: command=ARG, once per argument")
         for flag in ("stdin", "tty"):
             if flags.get(flag, "").lower() in ("true", "1"):
+                # A POST is the non-interactive exec; input and a terminal take a WebSocket.
                 raise _bad_request(f"{flag}=true is not supported: exec runs commands without input or a terminal")
         timeout = _int_param(flags, "timeoutSeconds", EXEC_TIMEOUT, low=1, high=MAX_EXEC_TIMEOUT)
         meta = instance["metadata"]
-        cid = container_id(str(meta["uid"]), container)
-        state = await self.services.runtime.state(cid)
-        if state is None or state.status != "running" or (self._workdir(instance, container) / "exit").exists():
-            waiting = _waiting_reason(instance, container)
-            raise _bad_request(
-                f'container "{container}" in instance "{meta["name"]}" is not running'
-                + (f" ({waiting})" if waiting else "")
-            )
+        cid = await self._running_container(instance, container)
         log.info("exec in %s/%s/%s for %s: %s", meta.get("namespace"), meta["name"], container, identity.user, argv[0])
         try:
             result = await self.services.runtime.exec(cid, argv, timeout=float(timeout))
@@ -616,6 +442,19 @@ class EndpointApp:
             raise _bad_request(f'cannot run {argv[0]!r} in container "{container}": {exc.stderr.strip() or exc}') from None
         body = ExecResult.of(result).to_dict()
         await _send_bytes(send, 200, orjson.dumps(body), b"application/json")
+
+
+def _authorized(scope: Scope) -> Identity:
+    """The caller's identity, if it may use the endpoint at all."""
+    identity: Identity | None = scope.get(IDENTITY_SCOPE_KEY)
+    if identity is None or not allowed(identity):
+        who = f'user "{identity.user}"' if identity is not None else "an anonymous client"
+        raise EndpointError(
+            403, "Forbidden",
+            f"{who} may not use the node agent's endpoint; only the API server "
+            f"({APISERVER_USER}) and members of {ADMIN_GROUP} may",
+        )  # fmt: skip
+    return identity
 
 
 def log_options(query: dict[str, str]) -> LogOptions:
@@ -701,7 +540,11 @@ class Endpoint:
         config = uvicorn.Config(
             self.app,
             http=IdentityHttpToolsProtocol,
-            ws="none",
+            ws=IdentityWSProtocol,
+            # Pings keep idle sessions' connections alive, but with no deadline for the pong: a peer
+            # reads (and answers) only as fast as its own reader, and a slow reader is no dead one.
+            # A vanished peer still ends the session, when TCP gives up on the unanswered pings.
+            ws_ping_timeout=None,
             lifespan="off",
             interface="asgi3",
             ssl_context_factory=lambda _config, _default: self._context,
@@ -720,7 +563,8 @@ class Endpoint:
             await asyncio.sleep(0.01)
 
     async def close(self) -> None:
-        """Stop listening; log streams end at once, an exec still running gets 2 s."""
+        """Stop listening; log streams and interactive sessions end at once (their commands are
+        killed), an exec still running gets 2 s."""
         self.app.end_streams()
         if self._server is not None:
             self._server.should_exit = True

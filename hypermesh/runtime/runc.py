@@ -63,13 +63,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hypermesh.runtime import oci
+from hypermesh.runtime import execprocess, oci
 from hypermesh.runtime.cgroups import CgroupLayout
+from hypermesh.runtime.execprocess import ExecProcess
 
 __all__ = [
     "CgroupLayout",
     "CommandError",
     "ContainerState",
+    "ExecProcess",
     "ExecResult",
     "ExitStatus",
     "OciRuntime",
@@ -493,6 +495,51 @@ class OciRuntime:
         if not started and not timed_out:
             raise CommandError(command, code, err.decode(errors="replace"))
         return ExecResult(code, bytes(out), bytes(err), timed_out)
+
+    async def exec_session(
+        self,
+        container_id: str,
+        argv: list[str],
+        *,
+        tty: bool,
+        stdin: bool,
+        stdout: bool = True,
+        stderr: bool = True,
+        env: list[str] | None = None,
+    ) -> ExecProcess:
+        """Starts `argv` in the running container for an interactive session and returns once
+        it runs: with `tty` in a new terminal whose master end comes back over a console socket
+        (`exec --detach --tty --console-socket`), otherwise with pipes for the streams asked
+        for. The caller owns the result and must `close()` it. A command that could not be
+        started raises CommandError with the runtime's error.
+        """
+        _check_id(container_id)
+        if not argv:
+            raise ValueError("exec needs a command")
+        spool = self.records / container_id if (self.records / container_id).is_dir() else self.state_dir
+        stem = spool / f"session-{os.getpid()}-{time.monotonic_ns()}"
+        pid_file, log = stem.with_suffix(".pid"), stem.with_suffix(".log")
+        flags = [item for entry in env or () for item in ("--env", entry)]
+        if tty and not any(entry.startswith("TERM=") for entry in env or ()):
+            # What Docker and containerd give a terminal session unless told otherwise.
+            flags += ["--env", "TERM=xterm"]
+
+        def command(console_socket: Path | None) -> list[str]:
+            terminal = ["--tty", "--console-socket", str(console_socket)] if console_socket else []
+            return self._argv(
+                "--log", str(log), "--log-format", "json", "exec", "--detach", *terminal,
+                "--pid-file", str(pid_file), *flags, container_id, *argv,
+            )  # fmt: skip
+
+        try:
+            return await execprocess.start(
+                command, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr, env={"PATH": PATH}
+            )
+        except execprocess.StartFailed as exc:
+            raise CommandError(command(None), exc.code, exc.detail or _failure(log, None)) from None
+        finally:
+            pid_file.unlink(missing_ok=True)
+            log.unlink(missing_ok=True)
 
     # Helpers
 

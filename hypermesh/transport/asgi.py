@@ -8,6 +8,12 @@ connection whose certificate fails verification never reaches the app at all.
 
 They also fill the standard ASGI TLS extension (`scope["extensions"]["tls"]`) with what is
 cheap to know, for middleware that expects it.
+
+WebSocket scopes (interactive exec, HTTP/1.1 listener only) carry the same identity. They also
+carry an `asyncio.Event` under `DISCONNECTED_SCOPE_KEY`, set the moment the connection is lost:
+ASGI reports a disconnect only through `receive()`, behind any message not yet read, and a
+session that stopped reading because its command does not read its input would otherwise never
+learn that its client went away.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from hypermesh.pki.identity import Identity, identity_from_cert
 
 IDENTITY_SCOPE_KEY = "hypermesh.identity"
+DISCONNECTED_SCOPE_KEY = "hypermesh.disconnected"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,3 +60,13 @@ def identity_or_none(cert: x509.Certificate | None) -> Identity | None:
         return identity_from_cert(cert)
     except ValueError:
         return None
+
+
+async def deny_websocket(
+    send: Callable[[Any], Awaitable[None]], status: int, body: bytes, content_type: bytes = b"application/json"
+) -> None:
+    """Refuse a WebSocket upgrade with an HTTP answer (the ASGI "websocket.http.response"
+    extension), so the client reads a Status rather than a bare 403."""
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})

@@ -13,12 +13,17 @@ inside OpenSSL, and a certificate that passes is the one we read.
 
 uvicorn is driven as a library: signal handling, logging configuration and lifespan stay with
 the daemon that calls `serve_tcp`, because the same app is served by the HTTP/3 listener too.
+
+WebSocket upgrades (interactive exec) are handed by the HTTP protocol to uvicorn's wsproto
+protocol on the same TLS transport; `IdentityWSProtocol` reads the certificate from that
+transport, so a WebSocket scope carries the same identity as a request would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import ssl
@@ -28,10 +33,13 @@ from typing import Any
 import uvicorn
 from cryptography import x509
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+from wsproto.events import Request as WebSocketRequest
 
 from hypermesh.pki.identity import Identity
 from hypermesh.transport import sockets
 from hypermesh.transport.asgi import (
+    DISCONNECTED_SCOPE_KEY,
     IDENTITY_SCOPE_KEY,
     TLS_VERSIONS,
     ASGIApp,
@@ -40,6 +48,8 @@ from hypermesh.transport.asgi import (
 )
 
 PathLike = str | os.PathLike[str]
+_WEBSOCKET_LOG = logging.getLogger("hypermesh.transport.websocket")
+_WEBSOCKET_LOG.setLevel(logging.WARNING)
 
 
 def server_ssl_context(certfile: PathLike, keyfile: PathLike, cafile: PathLike) -> ssl.SSLContext:
@@ -77,6 +87,43 @@ class IdentityHttpToolsProtocol(HttpToolsProtocol):
         scope[IDENTITY_SCOPE_KEY] = self._identity
         if self._tls is not None:
             scope["extensions"] = {"tls": self._tls}
+
+
+class IdentityWSProtocol(WSProtocol):
+    """uvicorn's wsproto protocol, plus the verified client identity and a disconnect event in
+    the scope."""
+
+    _identity: Identity | None = None
+    _tls: dict[str, Any] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # uvicorn logs every WebSocket's path and query at INFO whatever `access_log` says, and
+        # an exec's query is the command line, which can hold secrets: errors only.
+        self.logger = _WEBSOCKET_LOG
+        super().connection_made(transport)
+        self._disconnected = asyncio.Event()
+        # The TLS handshake happened before the upgrade request: the certificate is there.
+        ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return
+        der = ssl_object.getpeercert(binary_form=True)
+        cert = x509.load_der_x509_certificate(der) if der else None
+        self._identity = identity_or_none(cert)
+        self._tls = tls_extension(cert, TLS_VERSIONS.get(ssl_object.version() or ""))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disconnected.set()
+        super().connection_lost(exc)
+
+    def handle_connect(self, event: WebSocketRequest) -> None:
+        super().handle_connect(event)
+        # The application task this created has not run yet (a task starts at the loop's next
+        # turn), so it sees the scope complete.
+        scope: Any = self.scope
+        scope[IDENTITY_SCOPE_KEY] = self._identity
+        scope[DISCONNECTED_SCOPE_KEY] = self._disconnected
+        if self._tls is not None:
+            scope["extensions"] = {**scope.get("extensions", {}), "tls": self._tls}
 
 
 class _LibraryServer(uvicorn.Server):
@@ -122,7 +169,11 @@ async def serve_tcp(
     config = uvicorn.Config(
         app,
         http=IdentityHttpToolsProtocol,
-        ws="none",
+        ws=IdentityWSProtocol,
+        # Pings keep idle sessions' connections alive, but with no deadline for the pong: a peer
+        # reads (and answers) only as fast as its own reader, and a slow reader is no dead one.
+        # A vanished peer still ends the session, when TCP gives up on the unanswered pings.
+        ws_ping_timeout=None,
         lifespan="off",
         interface="asgi3",
         ssl_context_factory=lambda _config, _default: context,

@@ -230,13 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--tail", type=int, default=-1, metavar="N", help="only the last N lines (default -1: all)")
     logs.add_argument("--limit-bytes", type=int, default=None, metavar="N", help="stop after N bytes")
 
-    exec_ = command("exec", "Run a command in an Instance's container: nexus exec NAME -- COMMAND [ARG...].")
+    exec_ = command("exec", "Run a command in an Instance's container: nexus exec [-it] NAME -- COMMAND [ARG...].")
     exec_.add_argument("target", metavar="INSTANCE", help="an Instance name, instance/NAME, or KIND/NAME of its owner")
     exec_.add_argument("exec_args", metavar="COMMAND", nargs="*", help="the command and its arguments (after --)")
     exec_.add_argument("-c", "--container", help="the container (needed when the Instance has several)")
-    exec_.add_argument("-i", "--stdin", action="store_true", help="pass stdin (not supported yet)")
-    exec_.add_argument("-t", "--tty", action="store_true", help="allocate a terminal (not supported yet)")
-    exec_.add_argument("--timeout", type=parse_duration, default=60.0, metavar="DURATION", help="kill the command after this long (default 60s)")
+    exec_.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command (an interactive session)")
+    exec_.add_argument("-t", "--tty", action="store_true", help="with -i, run the command in a terminal (when stdin is one)")
+    exec_.add_argument("--timeout", type=parse_duration, default=60.0, metavar="DURATION", help="without -i/-t: kill the command after this long (default 60s)")
 
     from hypermesh.cli.nexus.commands import drain
 
