@@ -28,7 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     q.add_argument("--data-dir", required=True, type=Path, help="the server's data dir (its pki/ signs)")
     q.add_argument("--output", type=Path, default=None, help="where to write the kubeconfig (default: ./NAME.kubeconfig)")
     q.add_argument("--days", type=int, default=365, help="how long the certificate is valid (default 365)")
-    q.add_argument("--allow-reserved-groups", action="store_true", help=f"allow {', '.join(RESERVED_GROUPS)} (full or node powers)")
+    q.add_argument("--allow-reserved-groups", action="store_true", help=f"allow {', '.join(RESERVED_GROUPS)} (full or node powers) and system: user names")
 
     p = sub.add_parser("audit", help="the audit log")
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
@@ -42,8 +42,10 @@ def run_user(args: argparse.Namespace) -> int:
 
     name: str = args.name
     problems = []
-    if not name or name.startswith("system:"):
-        problems.append(f"user name {name!r}: must be non-empty and not start with 'system:' (reserved for the cluster's own identities)")
+    if not name:
+        problems.append("user name: must not be empty")
+    elif name.startswith("system:") and not args.allow_reserved_groups:
+        problems.append(f"user name {name!r}: names starting with 'system:' belong to the cluster's own identities (nodes, controllers); pass --allow-reserved-groups if that is meant")
     for group in args.group:
         if not group:
             problems.append("--group: a group name cannot be empty")
