@@ -18,7 +18,8 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING, Any
 
-from hypermesh.api import errors, selectors
+from hypermesh.api import authz, errors, rbacadmission, selectors
+from hypermesh.api.authz import PolicySource
 from hypermesh.api.priorities import PriorityClasses
 from hypermesh.api.storage import ObjectStorage
 from hypermesh.resources.registry import Registry, ResourceType
@@ -64,6 +65,9 @@ class Admission:
         self.namespaces: Namespaces | None = None
         self.crds: CustomResources | None = None
         self.priorities = PriorityClasses(storage, registry)
+        # The RBAC index (wired by the server): escalation checks on Roles and bindings, and
+        # the index refreshed by every write of one.
+        self.policy: PolicySource | None = None
 
     async def check_namespace_open(self, namespace: str) -> None:
         assert self.namespaces is not None
@@ -99,6 +103,8 @@ class Admission:
         return []
 
     async def before_write(self, rtype: ResourceType, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        if self.policy is not None:
+            rbacadmission.check(self.policy.authorizer, rtype, old, new)
         if _is(rtype, "hypermesh.io", "Instance"):
             await self.priorities.admit_instance(rtype, old, new)
         elif _is(rtype, "scheduling.k8s.io", "PriorityClass"):
@@ -116,6 +122,8 @@ class Admission:
             self.crds.set_status(new)
 
     async def after_write(self, rtype: ResourceType, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if self.policy is not None and rtype.group == authz.GROUP:
+            self.policy.written(rtype, old, new)
         if _is(rtype, "apiextensions.k8s.io", "CustomResourceDefinition") and self.crds is not None:
             await self.crds.changed(old, new)
         elif _is(rtype, "scheduling.k8s.io", "PriorityClass"):

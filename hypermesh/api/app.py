@@ -20,7 +20,20 @@ from urllib.parse import unquote
 
 import orjson
 
-from hypermesh.api import binding, discovery, errors, nodeproxy, paths, proxy, tables
+from hypermesh.api import (
+    audit,
+    authz,
+    binding,
+    discovery,
+    errors,
+    guard,
+    nodeproxy,
+    paths,
+    proxy,
+    rbac,
+    reviews,
+    tables,
+)
 from hypermesh.api.admission import Admission
 from hypermesh.api.compactor import CompactionPolicy, Compactor
 from hypermesh.api.customresources import CustomResources, hypermesh_crds
@@ -38,6 +51,12 @@ from hypermesh.transport.asgi import IDENTITY_SCOPE_KEY, deny_websocket
 
 log = logging.getLogger(__name__)
 
+
+def data_dir_of(store: Any, name: str) -> Path | None:
+    """`<data dir>/NAME` for a store kept in `<data dir>/state.db`; None for a store in memory."""
+    path = getattr(store, "path", None)
+    return Path(path).parent / name if path else None
+
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/version"})
 
 
@@ -51,6 +70,7 @@ class APIServer:
         compaction: CompactionPolicy | None = None,
         event_ttl: float = DEFAULT_TTL,
         pki_dir: Path | None = None,
+        audit_log: Path | None = None,
     ) -> None:
         self.store = store
         self.compactor = Compactor(store, compaction or CompactionPolicy())
@@ -68,6 +88,12 @@ class APIServer:
         self.admission.namespaces = self.namespaces
         self.admission.crds = self.crds
         self.event_expiry = EventExpiry(self.storage, self.registry, event_ttl)
+        # Authorisation (node rules, then RBAC) and the audit log, by default `audit.log` beside
+        # the store's file (a store without a file, in tests, keeps no log unless given one).
+        self.policy = authz.PolicySource(self.storage, self.registry, self.watchcache)
+        self.admission.policy = self.policy
+        audit_path = audit_log or data_dir_of(store, "audit.log")
+        self.guard = guard.Guard(self.policy, self.storage, self.registry, audit.AuditLog(audit_path) if audit_path else None)
         self.discovery = discovery.Discovery(self.registry)
         self.openapi = OpenAPI(self.registry)
         self.shutdown = asyncio.Event()
@@ -85,6 +111,9 @@ class APIServer:
         await self.crds.load()
         await self.namespaces.ensure_defaults()
         await self.admission.priorities.ensure_system_classes()
+        await self.policy.start()
+        if self.guard.log is not None:
+            self.guard.log.start()
         self.cluster_ca_pem = await asyncio.to_thread(self.proxy.load)
         self.compactor.start()
         self.event_expiry.start()
@@ -97,6 +126,9 @@ class APIServer:
         await self.compactor.stop()
         await self.event_expiry.stop()
         await self.namespaces.stop()
+        await self.policy.stop()
+        if self.guard.log is not None:
+            await self.guard.log.stop()
         await self.watchcache.stop()
 
     # ------------------------------------------------------------------ ASGI
@@ -113,6 +145,7 @@ class APIServer:
         req = Request.from_scope(scope, receive)
         # Kept whole for the exec subresource, whose `command` parameter repeats.
         req.extra["query_string"] = scope.get("query_string", b"")
+        send = self.guard.audited(req, send)
         try:
             await self._route(req, send)
         except errors.ApiError as exc:
@@ -125,9 +158,26 @@ class APIServer:
         """A WebSocket upgrade: only an Instance's `exec` takes one (an interactive session,
         relayed to its node's agent). Refusals are HTTP answers carrying a Status."""
         try:
-            if scope.get(IDENTITY_SCOPE_KEY) is None:
+            identity = scope.get(IDENTITY_SCOPE_KEY)
+            if identity is None:
                 raise errors.unauthorized()
             target = paths.parse(unquote(scope["path"]), self.registry)
+            if isinstance(target, paths.Target):
+                # An interactive exec is authorised as `create` on instances/exec, as Kubernetes
+                # does for WebSocket exec since 1.30 (a GET must not open a shell).
+                attrs = rbac.Attributes(
+                    identity.user, authz.groups_of(identity.groups), "create", target.rtype.group,
+                    target.rtype.plural, target.subresource or "", target.namespace or "", target.name or "",
+                )  # fmt: skip
+                decision = await self.guard.decide(attrs)
+                if self.guard.log is not None:
+                    self.guard.log.record(audit.entry(
+                        user=attrs.user, groups=attrs.groups, verb=attrs.verb, code=101 if decision.allowed else 403,
+                        started=asyncio.get_running_loop().time(), api_group=attrs.api_group, resource=attrs.resource,
+                        subresource=attrs.subresource, namespace=attrs.namespace, name=attrs.name, decision=decision.reason,
+                    ))  # fmt: skip
+                if not decision.allowed:
+                    raise authz.forbidden(attrs)
             if (
                 not isinstance(target, paths.Target)
                 or target.name is None
@@ -165,25 +215,46 @@ class APIServer:
             return
         if req.identity is None:
             raise errors.unauthorized()
-        if path.startswith("/openapi/"):
-            await self._openapi(req, send)
-            return
-        if path in ("/api", "/api/", "/apis", "/apis/"):
-            await self._discovery_root(req, send, core=path.startswith("/api/") or path == "/api")
-            return
         if path == binding.BATCH_PATH:
+            # Bindings of Instances in any namespace: a cluster-wide grant is needed.
+            instances = self.registry.by_plural("hypermesh.io", "v1", "instances")
+            assert instances is not None
+            await self.guard.authorize(req, paths.Target(instances, None, None, "binding"))
             if req.method != "POST":
                 raise errors.method_not_allowed("bindings are created with POST")
             body = load_body(await req.body(), req.content_type)
             await send_json(send, 200, await self.binder.bind_many(body))
             return
         target = paths.parse(path, self.registry)
+        await self.guard.authorize(req, target)
+        if path.startswith("/openapi/"):
+            await self._openapi(req, send)
+            return
+        if path in ("/api", "/api/", "/apis", "/apis/"):
+            await self._discovery_root(req, send, core=path.startswith("/api/") or path == "/api")
+            return
+        review = reviews.match(path)
+        if review is not None:
+            await self._review(req, send, *review)
+            return
         if target is None:
             raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
         if isinstance(target, paths.GroupVersionPath):
             await self._discovery_gv(req, send, target)
             return
         await self._resource(req, send, target)
+
+    async def _review(self, req: Request, send: Send, plural: str, namespace: str | None) -> None:
+        """A SelfSubjectAccessReview or one of its kin: answered, never stored."""
+        if req.method != "POST":
+            raise errors.method_not_allowed(f"{plural} are created with POST")
+        body = load_body(await req.body(), req.content_type)
+        identity = req.identity
+        answer = await reviews.answer(
+            plural, namespace, body, user=identity.user, groups=authz.groups_of(identity.groups),
+            decide=self.guard.decide, rules_for=lambda ns: self.guard.rules_for(req, ns),
+        )  # fmt: skip
+        await send_json(send, 201, answer)
 
     async def _public(self, req: Request, send: Send) -> None:
         if req.path == "/version":

@@ -222,6 +222,115 @@ MESSAGES: Final[dict[str, tuple[Field, ...]]] = {
         Field(6, "strategy", "string", IF_SET),
         Field(7, "preferredHolder", "string", IF_SET),
     ),
+    # rbac.authorization.k8s.io/v1 (kubectl create role|clusterrole|rolebinding|clusterrolebinding).
+    "PolicyRule": (
+        Field(1, "verbs", "string", ALWAYS, repeated=True),
+        Field(2, "apiGroups", "string", repeated=True),
+        Field(3, "resources", "string", repeated=True),
+        Field(4, "resourceNames", "string", repeated=True),
+        Field(5, "nonResourceURLs", "string", repeated=True),
+    ),
+    "Role": (_meta(), Field(2, "rules", "message", ALWAYS, "PolicyRule", repeated=True)),
+    "ClusterRole": (
+        _meta(),
+        Field(2, "rules", "message", ALWAYS, "PolicyRule", repeated=True),
+        Field(3, "aggregationRule", "message", IF_SET, "AggregationRule"),
+    ),
+    "AggregationRule": (Field(1, "clusterRoleSelectors", "message", message="LabelSelector", repeated=True),),
+    "LabelSelector": (
+        Field(1, "matchLabels", "map-string"),
+        Field(2, "matchExpressions", "message", message="LabelSelectorRequirement", repeated=True),
+    ),
+    "LabelSelectorRequirement": (
+        Field(1, "key", "string", ALWAYS),
+        Field(2, "operator", "string", ALWAYS),
+        Field(3, "values", "string", repeated=True),
+    ),
+    "RoleBinding": (
+        _meta(),
+        Field(2, "subjects", "message", message="Subject", repeated=True),
+        Field(3, "roleRef", "message", ALWAYS, "RoleRef"),
+    ),
+    "Subject": (
+        Field(1, "kind", "string", ALWAYS),
+        Field(2, "apiGroup", "string"),
+        Field(3, "name", "string", ALWAYS),
+        Field(4, "namespace", "string"),
+    ),
+    "RoleRef": (Field(1, "apiGroup", "string", ALWAYS), Field(2, "kind", "string", ALWAYS), Field(3, "name", "string", ALWAYS)),
+    # authorization.k8s.io/v1 and authentication.k8s.io/v1 reviews (kubectl auth can-i|whoami).
+    "SelfSubjectAccessReview": (
+        _meta(),
+        Field(2, "spec", "message", ALWAYS, "SelfSubjectAccessReviewSpec"),
+        Field(3, "status", "message", ALWAYS, "SubjectAccessReviewStatus"),
+    ),
+    "SelfSubjectAccessReviewSpec": (
+        Field(1, "resourceAttributes", "message", IF_SET, "ResourceAttributes"),
+        Field(2, "nonResourceAttributes", "message", IF_SET, "NonResourceAttributes"),
+    ),
+    "ResourceAttributes": (
+        Field(1, "namespace", "string"),
+        Field(2, "verb", "string"),
+        Field(3, "group", "string"),
+        Field(4, "version", "string"),
+        Field(5, "resource", "string"),
+        Field(6, "subresource", "string"),
+        Field(7, "name", "string"),
+        Field(8, "fieldSelector", "message", IF_SET, "SelectorAttributes"),
+        Field(9, "labelSelector", "message", IF_SET, "SelectorAttributes"),
+    ),
+    "SelectorAttributes": (Field(1, "rawSelector", "string"),),
+    "NonResourceAttributes": (Field(1, "path", "string"), Field(2, "verb", "string")),
+    "SubjectAccessReviewStatus": (
+        Field(1, "allowed", "bool", ALWAYS),
+        Field(4, "denied", "bool"),
+        Field(2, "reason", "string"),
+        Field(3, "evaluationError", "string"),
+    ),
+    "SubjectAccessReview": (
+        _meta(),
+        Field(2, "spec", "message", ALWAYS, "SubjectAccessReviewSpec"),
+        Field(3, "status", "message", ALWAYS, "SubjectAccessReviewStatus"),
+    ),
+    "SubjectAccessReviewSpec": (
+        Field(1, "resourceAttributes", "message", IF_SET, "ResourceAttributes"),
+        Field(2, "nonResourceAttributes", "message", IF_SET, "NonResourceAttributes"),
+        Field(3, "user", "string"),
+        Field(4, "groups", "string", repeated=True),
+        Field(6, "uid", "string"),
+    ),
+    "SelfSubjectRulesReview": (
+        _meta(),
+        Field(2, "spec", "message", ALWAYS, "SelfSubjectRulesReviewSpec"),
+        Field(3, "status", "message", ALWAYS, "SubjectRulesReviewStatus"),
+    ),
+    "SelfSubjectRulesReviewSpec": (Field(1, "namespace", "string"),),
+    "SubjectRulesReviewStatus": (
+        Field(1, "resourceRules", "message", ALWAYS, "ResourceRule", repeated=True),
+        Field(2, "nonResourceRules", "message", ALWAYS, "NonResourceRule", repeated=True),
+        Field(3, "incomplete", "bool", ALWAYS),
+        Field(4, "evaluationError", "string"),
+    ),
+    "ResourceRule": (
+        Field(1, "verbs", "string", ALWAYS, repeated=True),
+        Field(2, "apiGroups", "string", repeated=True),
+        Field(3, "resources", "string", repeated=True),
+        Field(4, "resourceNames", "string", repeated=True),
+    ),
+    "NonResourceRule": (Field(1, "verbs", "string", ALWAYS, repeated=True), Field(2, "nonResourceURLs", "string", repeated=True)),
+    "LocalSubjectAccessReview": (
+        _meta(),
+        Field(2, "spec", "message", ALWAYS, "SubjectAccessReviewSpec"),
+        Field(3, "status", "message", ALWAYS, "SubjectAccessReviewStatus"),
+    ),
+    "ClusterRoleBinding": (
+        _meta(),
+        Field(2, "subjects", "message", message="Subject", repeated=True),
+        Field(3, "roleRef", "message", ALWAYS, "RoleRef"),
+    ),
+    "SelfSubjectReview": (_meta(), Field(2, "status", "message", ALWAYS, "SelfSubjectReviewStatus")),
+    "SelfSubjectReviewStatus": (Field(1, "userInfo", "message", ALWAYS, "UserInfo"),),
+    "UserInfo": (Field(1, "username", "string"), Field(2, "uid", "string"), Field(3, "groups", "string", repeated=True)),
 }
 
 # Messages that never show up in JSON as themselves: the halves of a map entry, the Timestamp
@@ -240,6 +349,9 @@ KINDS: Final[dict[tuple[str, str], str]] = {
     ("v1", "Secret"): "Secret",
     ("v1", "Event"): "Event",
     ("coordination.k8s.io/v1", "Lease"): "Lease",
+    **{("rbac.authorization.k8s.io/v1", kind): kind for kind in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")},
+    **{("authorization.k8s.io/v1", kind): kind for kind in ("SelfSubjectAccessReview", "SubjectAccessReview", "LocalSubjectAccessReview", "SelfSubjectRulesReview")},
+    ("authentication.k8s.io/v1", "SelfSubjectReview"): "SelfSubjectReview",
 }
 _ANY_VERSION_KINDS: Final = {"DeleteOptions": "DeleteOptions"}
 

@@ -111,7 +111,8 @@ async def answer(
     else:
         attrs = _spec_attributes(spec, user, groups)
     decision = await decide(attrs)
-    review["status"] = {"allowed": decision.allowed, "reason": decision.reason}
+    # As in Kubernetes, a refusal carries no reason (kubectl would print it after "no").
+    review["status"] = {"allowed": decision.allowed, "reason": decision.reason if decision.allowed else ""}
     return review
 
 

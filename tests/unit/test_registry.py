@@ -70,11 +70,15 @@ def test_builtin_types_are_the_served_kinds() -> None:
         ("hypermesh.io", "v1", "Endpoints"),
         ("hypermesh.io", "v1", "Certificate"),
         ("hypermesh.io", "v1", "GitSync"),
+        ("rbac.authorization.k8s.io", "v1", "Role"),
+        ("rbac.authorization.k8s.io", "v1", "ClusterRole"),
+        ("rbac.authorization.k8s.io", "v1", "RoleBinding"),
+        ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"),
     }
     cluster_scoped = {t.kind for t in found.values() if not t.namespaced}
-    assert cluster_scoped == {"Namespace", "CustomResourceDefinition", "Node", "PriorityClass"}
+    assert cluster_scoped == {"Namespace", "CustomResourceDefinition", "Node", "PriorityClass", "ClusterRole", "ClusterRoleBinding"}
     without_status = {t.kind for t in found.values() if not t.has_status}
-    assert without_status == {"Event", "Secret", "Lease", "PriorityClass"}
+    assert without_status == {"Event", "Secret", "Lease", "PriorityClass", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
     workload = found[("hypermesh.io", "v1", "Workload")]
     assert (workload.plural, workload.singular, workload.list_kind) == (
         "workloads",
