@@ -12,6 +12,11 @@ between Kubernetes objects and key-value pairs:
   plain list, a watch's initial state) splice the resourceVersion into the stored bytes instead
   of decoding and re-encoding them. Decoding 10,000 objects to re-encode them costs more than
   everything else in a list.
+
+Values of encrypted resources (Secrets) are sealed and opened below this module, by the store
+it is given (`encryptedstore.EncryptedStore`); what reaches it is JSON, or, for a value that
+could not be opened, an `encryption.UnreadableValue`, which every decode turns into a 500 that
+names the object and the reason instead of a JSON parse error.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from hypermesh.api import errors
+from hypermesh.api import encryption, errors
 from hypermesh.resources.registry import ResourceType
 from hypermesh.store import CompactedError, Compare, Delete, KeyValue, Put, Store
 
@@ -31,28 +36,57 @@ _META_OPEN = b'{"metadata":{'
 
 def decode(kv: KeyValue) -> dict[str, Any]:
     """The stored object with its resourceVersion filled in."""
-    return decode_at(kv.value, kv.mod_revision)
+    return decode_at(kv.value, kv.mod_revision, kv.key)
 
 
-def decode_at(value: bytes, revision: int) -> dict[str, Any]:
-    """Stored JSON decoded, with `revision` as its resourceVersion."""
-    obj: dict[str, Any] = orjson.loads(value)
+def decode_at(value: bytes, revision: int, key: str = "") -> dict[str, Any]:
+    """Stored JSON decoded, with `revision` as its resourceVersion (`key` names the object in
+    the error when the value cannot be read)."""
+    try:
+        obj: dict[str, Any] = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise unreadable(key, value, exc) from None
     obj["metadata"]["resourceVersion"] = str(revision)
     return obj
 
 
 def raw(kv: KeyValue) -> bytes:
     """The stored object's JSON with its resourceVersion spliced in, without decoding it."""
-    return raw_at(kv.value, kv.mod_revision)
+    return raw_at(kv.value, kv.mod_revision, kv.key)
 
 
-def raw_at(value: bytes, revision: int) -> bytes:
+def raw_at(value: bytes, revision: int, key: str = "") -> bytes:
     """Stored JSON with `revision` spliced in as its resourceVersion."""
     if value.startswith(_META_OPEN):
         rest = value[len(_META_OPEN):]
         separator = b"" if rest[:1] == b"}" else b","
         return b'{"metadata":{"resourceVersion":"%d"%s%s' % (revision, separator, rest)
-    return orjson.dumps(decode_at(value, revision))
+    return orjson.dumps(decode_at(value, revision, key))
+
+
+def unreadable(key: str, value: bytes, exc: Exception | None = None) -> errors.ApiError:
+    """The 500 for a stored value that is not an object: undecryptable, or corrupt.
+
+    Kubernetes answers an undecryptable object the same way ("Internal error occurred: unable
+    to transform key"); the message here also says which key-encryption key and which file.
+    """
+    if isinstance(value, encryption.UnreadableValue):
+        why = value.reason
+    elif encryption.is_encrypted(value):
+        why = "it is encrypted at rest, but this server runs without encryption keys"
+    else:
+        why = f"its stored value is not valid JSON ({exc})"
+    return errors.ApiError(500, "InternalError", f"{describe_key(key)} cannot be read: {why}")
+
+
+def describe_key(key: str) -> str:
+    """`secrets "db" in namespace "prod"` for `/registry/core/secrets/prod/db`."""
+    parts = key.split("/")
+    if len(parts) not in (5, 6) or parts[1] != "registry":
+        return f"the object stored at {key!r}" if key else "a stored object"
+    group, plural = parts[2], parts[3]
+    what = f'{errors.qualified(plural, "" if group == "core" else group)} "{parts[-1]}"'
+    return f'{what} in namespace "{parts[4]}"' if len(parts) == 6 else what
 
 
 def encode(obj: dict[str, Any]) -> bytes:

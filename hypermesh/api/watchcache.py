@@ -9,6 +9,12 @@ are memoised per event, so N watchers of the same format cost one encode.
 A watch that resumes from a revision older than the ring falls back to a private store watch
 (still served when the store has the history), and only gets 410 Expired when the store itself
 has compacted it.
+
+Values arrive here already decrypted (the store is an `encryptedstore.EncryptedStore`). One that
+could not be decrypted becomes an ERROR event carrying a 500 Status that names the object and
+the key, as kube-apiserver's watch does on a transform failure: a client relists and reports
+it, and no watcher is ever sent ciphertext or a made-up object (selectors are tested on a
+placeholder holding only the name and namespace from the key, but what is sent is the ERROR).
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
+from hypermesh.api import errors
 from hypermesh.api.storage import decode_at, raw_at
 from hypermesh.resources.registry import ResourceType
 from hypermesh.store import Event, Store, StoreError
@@ -49,19 +58,27 @@ class CachedEvent:
         self._prev_value = prev_value
         self._obj: dict[str, Any] | None = None
         self._prev: dict[str, Any] | None = None
-        self.lines: dict[Any, bytes] = {}  # memoised encodings
+        # Memoised encodings, keyed by event kind (plain JSON lines) or by (True, kind) (the
+        # Table lines of `watch.WatchStream`).
+        self.lines: dict[Any, bytes] = {}
 
     @property
     def obj(self) -> dict[str, Any]:
         if self._obj is None:
-            self._obj = decode_at(self._value, self.revision)
+            try:
+                self._obj = decode_at(self._value, self.revision, self.key)
+            except errors.ApiError as exc:
+                self._obj = self._unreadable(exc)
         return self._obj
 
     @property
     def prev(self) -> dict[str, Any] | None:
         if self._prev is None and self._prev_value is not None:
             # Its revision is unknown here and never shown: watchers only test it.
-            self._prev = decode_at(self._prev_value, 0)
+            try:
+                self._prev = decode_at(self._prev_value, 0, self.key)
+            except errors.ApiError:
+                self._prev = _placeholder(self.key, 0)
         return self._prev
 
     @property
@@ -72,8 +89,31 @@ class CachedEvent:
         """The watch line `{"type": kind, "object": obj}` built from the stored bytes."""
         line = self.lines.get(kind)
         if line is None:
-            line = self.lines[kind] = b'{"type":"%s","object":%s}\n' % (kind.encode(), raw_at(self._value, self.revision))
+            try:
+                spliced = raw_at(self._value, self.revision, self.key)
+            except errors.ApiError as exc:
+                self._unreadable(exc)
+                return self.lines[kind]
+            line = self.lines[kind] = b'{"type":"%s","object":%s}\n' % (kind.encode(), spliced)
         return line
+
+    def _unreadable(self, exc: errors.ApiError) -> dict[str, Any]:
+        """Make every line of this event the ERROR event for `exc`; returns the placeholder
+        that selectors are tested on (name and namespace only: nothing else is known)."""
+        line = orjson.dumps({"type": "ERROR", "object": exc.status()}) + b"\n"
+        for kind in ("ADDED", "MODIFIED", "DELETED"):
+            self.lines[kind] = line
+            self.lines[(True, kind)] = line
+        return _placeholder(self.key, self.revision)
+
+
+def _placeholder(key: str, revision: int) -> dict[str, Any]:
+    """The little that the store key says about an object whose value cannot be read."""
+    parts = key.split("/")
+    metadata: dict[str, Any] = {"name": parts[-1], "resourceVersion": str(revision)}
+    if len(parts) == 6:
+        metadata["namespace"] = parts[4]
+    return {"metadata": metadata}
 
 
 def to_cached(event: Event) -> CachedEvent:

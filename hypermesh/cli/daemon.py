@@ -53,10 +53,10 @@ def server_url(host: str, port: int) -> str:
 
 async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = False, controllers: bool = False, event_ttl: float = 3600.0, agent: bool = False) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
+    from hypermesh.api import encryptedstore, encryptionkeys
     from hypermesh.api.app import APIServer
     from hypermesh.api.compactor import CompactionPolicy
     from hypermesh.pki import ensure_server_pki, write_kubeconfig
-    from hypermesh.store import open_store
     from hypermesh.transport.h3 import serve_h3
     from hypermesh.transport.tcp import serve_tcp
 
@@ -70,7 +70,12 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
     kubeconfig = data_dir / "admin.kubeconfig"
     write_kubeconfig(kubeconfig, server_url=url, ca_pem=pki.ca_pem, cert_pem=pki.admin_cert_pem, key_pem=pki.admin_key_pem)
 
-    store = await open_store(str(data_dir))
+    # Secrets are sealed at rest under the key-encryption keys in <data dir>/keys/kek.json.
+    try:
+        store = await encryptedstore.open_encrypted(data_dir)
+    except encryptionkeys.KeyFileError as exc:
+        log.error("%s", exc)
+        return 1
     # Tests shorten the history window to exercise 410 Expired; users keep the defaults.
     policy = CompactionPolicy(
         interval=float(os.environ.get("HYPERMESH_COMPACT_INTERVAL", "300")),
@@ -232,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen", default="127.0.0.1:6443", type=_split_listen)
     p.add_argument("--no-agent", action="store_true", help="no local node agent (then nothing runs Instances)")
 
+    p = sub.add_parser("keys", help="the keys that encrypt Secrets at rest")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True)
+    k = keys_sub.add_parser("rotate", help="make a new key-encryption key, re-encrypt every Secret under it, drop the old one (server stopped)")
+    k.add_argument("--data-dir", required=True, type=Path)
+
     p = sub.add_parser("backup", help="write a consistent snapshot of the state (safe while the server runs)")
     p.add_argument("--data-dir", required=True, type=Path)
     p.add_argument("file", type=Path)
@@ -281,6 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         host, port = args.listen
         return _run(run_server(_home(), host, port, banner=True, controllers=True, agent=not args.no_agent))
+    if args.command == "keys":
+        from hypermesh.api import encryptionkeys, keyrotation
+        from hypermesh.store import StoreError
+
+        try:
+            report = asyncio.run(keyrotation.rotate_data_dir(args.data_dir))
+        except (keyrotation.RotationError, encryptionkeys.KeyFileError, StoreError, OSError) as exc:
+            print(f"hypermesh keys rotate: {exc}", file=sys.stderr)
+            return 1
+        print(report.summary())
+        return 0
     if args.command == "backup":
         from hypermesh.store import backup
 

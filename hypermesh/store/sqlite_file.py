@@ -99,6 +99,9 @@ def connect(path: Path) -> sqlite3.Connection:
         # ...but give the disk back once a checkpoint has emptied a WAL that grew past 64 MiB.
         conn.execute("PRAGMA journal_size_limit = 67108864")
         conn.execute("PRAGMA cache_size = -65536")
+        # Deleted and overwritten rows are zeroed, so a compacted value sealed under a retired
+        # key (or written before encryption was on) does not linger in free pages.
+        conn.execute("PRAGMA secure_delete = ON")
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise StoreFormatError(f"{path} is not an SQLite database: {exc}") from exc
