@@ -3,7 +3,8 @@
 Each concern is one module built only on `hypermesh.operator` (and the client and resource
 models): `workloads` (Workload -> Instances, rollouts, revisions), `gc` (ownerReferences ->
 cascading deletion), `scheduling` (pending Instance -> Node) and `nodes` (heartbeats ->
-Ready/Unknown, unreachable taints, eviction). `build` wires them into
+Ready/Unknown, unreachable taints, eviction; with it `instancegc`, which finishes the deletion
+of Instances whose Node is gone or not Ready). `build` wires them into
 operators that share one set of informers, so a process lists and watches each kind once
 however many controllers read it; each operator holds its own Lease, so the concerns can fail
 over independently.

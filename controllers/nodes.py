@@ -16,6 +16,10 @@ the whole Node status). This controller reads those Leases from an informer and,
   recreated here (their replacements exist elsewhere): a returning agent finds them gone and
   stops their containers, so nothing runs twice.
 
+An evicted Instance is deleted gracefully like any other, and its silent agent cannot finish
+the deletion: the Instance collector (`controllers.instancegc`, registered with this
+controller) removes it once its grace period has passed, and at once if its Node is deleted.
+
 Time comes from two clocks, as in Kubernetes' node lifecycle controller. The Lease's
 `renewTime` is compared with this machine's wall clock (so clocks must be roughly in sync, as
 for leader election), and a Node must also have been watched by this process for
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from controllers import instancegc
 from controllers.kinds import INSTANCES, NODES
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.errors import ApiError
@@ -386,8 +391,11 @@ class NodeLifecycleController:
 
 
 def setup(op: Operator, settings: NodeSettings | None = None) -> NodeLifecycleController:
-    """Register the node lifecycle controller on `op`."""
-    return NodeLifecycleController(op, settings or NodeSettings())
+    """Register the node lifecycle controller on `op`, with the Instance collector that
+    finishes the deletions of Instances whose Node is gone or not Ready (controllers.instancegc)."""
+    controller = NodeLifecycleController(op, settings or NodeSettings())
+    instancegc.setup(op)
+    return controller
 
 
 def build_operator(

@@ -5,18 +5,32 @@ rules, server-owned metadata, admission (per-kind rules), defaults, unknown-fiel
 schema validation, `generation`, field ownership, finalizer-driven deletion, and finally one
 compare-and-swap on the object's revision. One pipeline means a merge patch, a JSON patch, an
 apply and a PUT can never disagree about what a valid object is.
+
+DELETE is the other writer: finalizers, the garbage collector's propagation finalizers and the
+graceful deletion of Instances (`graceful.py`: a bound, unfinished Instance stays Terminating
+until its node agent has stopped it) all decide there whether an object goes now or is marked.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import yaml
 
-from hypermesh.api import errors, fieldmanager, objects, patching, protobuf, selectors, strategic
+from hypermesh.api import (
+    errors,
+    fieldmanager,
+    graceful,
+    objects,
+    patching,
+    protobuf,
+    selectors,
+    strategic,
+)
 from hypermesh.api.http import Request, parse_json
 from hypermesh.api.storage import ObjectStorage, Page
 from hypermesh.resources.registry import ResourceType
@@ -324,11 +338,14 @@ class ResourceAPI:
         if req.query.get("orphanDependents") in ("true", "false"):
             options.setdefault("orphanDependents", req.query["orphanDependents"] == "true")
         policy_finalizer = _propagation_finalizer(options)
+        grace = graceful.requested_grace(options, req.query)
+        # kubectl's `delete --dry-run=server` says so in the body, not the query.
+        dry_run = graceful.requested_dry_run(options) or _dry_run(req)
         for _ in range(_MAX_RETRIES):
             old = await self.storage.get_required(rtype, namespace, name)
             _check_preconditions(rtype, old, options.get("preconditions"))
             try:
-                return await self._delete(rtype, old, dry_run=_dry_run(req), finalizer=policy_finalizer)
+                return await self._delete(rtype, old, dry_run=dry_run, finalizer=policy_finalizer, grace=grace)
             except errors.ApiError as exc:
                 if exc.reason == "Conflict" and not options.get("preconditions"):
                     continue
@@ -340,14 +357,28 @@ class ResourceAPI:
         return (await self._delete(rtype, obj, dry_run=False))[1]
 
     async def _delete(
-        self, rtype: ResourceType, old: dict[str, Any], *, dry_run: bool, finalizer: str | None = None
+        self,
+        rtype: ResourceType,
+        old: dict[str, Any],
+        *,
+        dry_run: bool,
+        finalizer: str | None = None,
+        grace: int | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Delete, or start deleting: with finalizers (or a propagation `finalizer` for the
-        garbage collector) the object only gets its deletionTimestamp."""
+        garbage collector) the object only gets its deletionTimestamp, and so does an Instance
+        that may still be running (`grace`: the request's gracePeriodSeconds, if any)."""
         meta = old["metadata"]
         redirected = await self.admission.before_delete(rtype, old, dry_run=dry_run)
         if redirected is not None:
             return 200, redirected
+        step = graceful.plan(rtype, old, requested=grace, now=datetime.now(UTC))
+        if step.action == "pending":
+            # A graceful deletion is under way and this one would not shorten it: nothing
+            # changes, finalizers included (as in Kubernetes).
+            return 200, old
+        if step.action == "mark":
+            return await self._delete_gracefully(rtype, old, step, dry_run=dry_run, finalizer=finalizer)
         if meta.get("finalizers") or finalizer:
             if meta.get("deletionTimestamp"):
                 return 200, old
@@ -365,6 +396,34 @@ class ResourceAPI:
         if dry_run:
             return 200, old
         gone = await self.storage.delete(rtype, copy.deepcopy(old), int(meta["resourceVersion"]))
+        await self.admission.after_write(rtype, old, None)
+        return 200, gone
+
+    async def _delete_gracefully(
+        self, rtype: ResourceType, old: dict[str, Any], step: graceful.Plan, *, dry_run: bool, finalizer: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """Mark the object with the plan's deletionTimestamp and grace period; it stays until
+        the grace period is 0 and no finalizer is left."""
+        meta = old["metadata"]
+        new = copy.deepcopy(old)
+        new_meta = new["metadata"]
+        new_meta["deletionTimestamp"] = step.deletion_timestamp
+        new_meta["deletionGracePeriodSeconds"] = step.grace
+        if finalizer and finalizer not in (new_meta.get("finalizers") or []):
+            new_meta["finalizers"] = [*(new_meta.get("finalizers") or []), finalizer]
+        if dry_run:
+            return 200, new
+        expected = int(meta["resourceVersion"])
+        if step.grace or new_meta.get("finalizers") or step.first:
+            # Stays: its node agent finishes a grace period, its finalizers' owners the rest.
+            # A first delete with no grace period is written too before it goes, as Kubernetes
+            # does, so the agent learns from the watch that it must not wait for the spec's.
+            updated = await self.storage.update(rtype, new, expected)
+            await self.admission.after_write(rtype, old, updated)
+            if step.grace or new_meta.get("finalizers"):
+                return 200, updated
+            new, expected = copy.deepcopy(updated), int(updated["metadata"]["resourceVersion"])
+        gone = await self.storage.delete(rtype, new, expected)
         await self.admission.after_write(rtype, old, None)
         return 200, gone
 
@@ -436,8 +495,8 @@ class ResourceAPI:
         if _same_object(old, new):
             return old, warnings
         expected = int(old_meta["resourceVersion"])
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
-            # The last finalizer is gone: the deletion completes now.
+        if graceful.completes_on_update(meta):
+            # The last finalizer is gone and no grace period runs: the deletion completes now.
             if _dry_run(req):
                 return new, warnings
             gone = await self.storage.delete(rtype, new, expected)

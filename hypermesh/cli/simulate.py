@@ -4,7 +4,9 @@ Kubernetes tests its control plane at 5,000 nodes with "hollow" kubelets that sp
 run nothing; this is the same idea. One process registers N Node objects, keeps one Lease per
 Node fresh (the heartbeat the nodes controller watches), and reports every Instance bound to its
 Nodes as Running with a fake address, so the workloads controller sees readiness as it would
-from real agents.
+from real agents. A deleted Instance stays Terminating until its node says it stopped (see
+hypermesh/api/graceful.py); hollow nodes run nothing, so they say so at once: the final DELETE
+(`gracePeriodSeconds: 0`, uid precondition) goes out as soon as the Terminating Instance is seen.
 
 What keeps thousands of nodes cheap is that nothing here is per node and sequential: every
 round of writes (registration, Lease renewals) goes out as concurrent requests over the pooled
@@ -30,6 +32,7 @@ from controllers.kinds import INSTANCES, NODES
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.errors import ApiError, ClientError
 from hypermesh.client.resources import Resource
+from hypermesh.operator import deletion
 from hypermesh.operator.bounded import gather_bounded
 from hypermesh.operator.conditions import set_condition
 from hypermesh.operator.informer import Informer, InformerSettings, object_key
@@ -48,6 +51,10 @@ FIELD_MANAGER = "hypermesh-simulate-nodes"
 _BASE_NETWORK = ipaddress.IPv6Network("fd00:5a::/48")
 
 T = TypeVar("T")
+# A final DELETE that failed for want of the server is tried again after this many seconds.
+_FINISH_RETRY = 1.0
+# A status report that met a newer object (409) is tried again after this many seconds.
+_CONFLICT_RETRY = 0.05
 
 
 @dataclass(frozen=True)
@@ -224,15 +231,24 @@ class NodeSimulator:
         self.instances.subscribe(self._on_instance)
         self._reported: set[str] = set()
         self._todo: asyncio.Queue[str] = asyncio.Queue()
+        # Terminating Instances of these Nodes whose final DELETE is queued or in flight.
+        self._finishing: set[str] = set()
+        self._finish_todo: asyncio.Queue[str] = asyncio.Queue()
         self.registered = asyncio.Event()
 
     def _on_instance(self, event: str, obj: dict[str, Any]) -> None:
         key = object_key(obj)
         if event == "DELETED":
             self._reported.discard(key)
+            self._finishing.discard(key)
             return
         node = (obj.get("spec") or {}).get("nodeName")
         status = obj.get("status") or {}
+        if node in self._index and obj["metadata"].get("deletionTimestamp"):
+            if key not in self._finishing:
+                self._finishing.add(key)
+                self._finish_todo.put_nowait(key)
+            return
         if (
             node in self._index
             and key not in self._reported
@@ -260,27 +276,49 @@ class NodeSimulator:
             "hostIP": str(_node_network(self._index[node]).network_address + 1),
             "startTime": now,
         }
-        await self.client.update_status(
-            INSTANCES, meta["name"], meta.get("namespace"), status, field_manager=FIELD_MANAGER
+        # The conditions list is replaced whole, so the write names the version it was made
+        # from: a condition someone wrote meanwhile (the scheduler's Scheduled=True) gives a
+        # 409 and a retry from the newer object, not a lost update.
+        await self.client.patch(
+            INSTANCES, meta["name"], meta.get("namespace"),
+            {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status},
+            subresource="status", field_manager=FIELD_MANAGER,
         )
 
     async def _reporter(self) -> None:
         while True:
             key = await self._todo.get()
             obj = self.instances.get_key(key)
-            if obj is None or not (obj.get("spec") or {}).get("nodeName"):
+            if obj is None or not (obj.get("spec") or {}).get("nodeName") or obj["metadata"].get("deletionTimestamp"):
                 continue
             try:
                 await self.report_running(obj)
             except ApiError as exc:
                 if exc.status == 409:
-                    self._reported.discard(key)
-                    self._todo.put_nowait(key)
+                    # The cache was behind the server: try again once the watch has caught up.
+                    asyncio.get_running_loop().call_later(_CONFLICT_RETRY, self._todo.put_nowait, key)
                 elif exc.status != 404:
                     log.warning("could not report %s running: %s", key, exc)
             except ClientError as exc:
                 self._reported.discard(key)
                 log.warning("could not report %s running: %s", key, exc)
+
+    async def _finisher(self) -> None:
+        """Delete Terminating Instances for good: nothing of them runs on a hollow node."""
+        while True:
+            key = await self._finish_todo.get()
+            obj = self.instances.get_key(key)
+            if obj is None or not obj["metadata"].get("deletionTimestamp"):
+                self._finishing.discard(key)
+                continue
+            try:
+                await deletion.delete_now(self.client, INSTANCES, obj)
+            except (ApiError, ClientError) as exc:
+                log.warning("could not finish deleting %s: %s", key, exc)
+                asyncio.get_running_loop().call_later(_FINISH_RETRY, self._finish_todo.put_nowait, key)
+                continue
+            # Finalizers may keep it a while longer; DELETED (or an update) says when it is done.
+            self._finishing.discard(key)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         # The first renewal happened during registration.
@@ -305,6 +343,10 @@ class NodeSimulator:
             tasks += [
                 asyncio.create_task(self._reporter(), name=f"sim-reporter-{i}")
                 for i in range(min(self.settings.concurrency, 32))
+            ]
+            tasks += [
+                asyncio.create_task(self._finisher(), name=f"sim-finisher-{i}")
+                for i in range(min(self.settings.concurrency, 8))
             ]
         try:
             await stop.wait()

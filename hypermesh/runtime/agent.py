@@ -10,6 +10,9 @@
   `hypermesh-node-lease` every 10 s: the nodes controller fences a Node whose Lease goes stale;
 - it watches only the Instances bound to it (`fieldSelector=spec.nodeName=<node>`) and keeps
   one `Supervisor` per Instance, which runs, restarts, reports and finally cleans up;
+- a deleted Instance stays Terminating until its supervisor has stopped it (SIGTERM, SIGKILL
+  after the grace period) and deleted it for good; one found Terminating with no supervisor
+  (the agent restarted meanwhile) gets one that only stops what is left and finishes the job;
 - on start it also removes what belongs to no Instance any more (network namespaces and
   containers of Instances deleted while the agent was down), and adopts what still runs;
 - it serves its Instances' logs and exec over HTTPS (`endpoint`) for the API server to proxy,
@@ -287,17 +290,21 @@ class Agent:
         supervisor = self.supervisors.get(uid)
         if event == "DELETED":
             if supervisor is not None:
-                supervisor.delete()
+                supervisor.delete(obj)
                 self._forget_when_done(uid, supervisor)
             return
         if supervisor is not None:
             supervisor.update(obj)
             return
-        if obj["metadata"].get("deletionTimestamp"):
-            return
-        if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") and not self._has_state(uid):
+        deleting = bool(obj["metadata"].get("deletionTimestamp"))
+        if not deleting and (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") and not self._has_state(uid):
             return  # finished before this agent started; nothing left to run
         supervisor = Supervisor(self.services, obj)
+        if deleting:
+            # Terminating and not supervised here: this agent restarted (or never got to start
+            # it). Whatever is left may still run; stop it gently and finish the deletion, or
+            # the Instance would stay Terminating for ever.
+            supervisor.terminate()
         self.supervisors[uid] = supervisor
         supervisor.start()
         log.info("supervising %s", object_key(obj))

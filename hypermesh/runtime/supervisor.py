@@ -4,9 +4,21 @@ A supervisor is a task per Instance bound to the node. It gives the Instance its
 namespace and address, starts each container (image -> overlay root filesystem -> OCI bundle ->
 runc), watches them, restarts them as `restartPolicy` says with Kubernetes' backoff, reports
 what it sees into `status` (phase, conditions, containerStatuses, instanceIP), and when the
-Instance goes, stops the containers gracefully (SIGTERM, then SIGKILL after
-`terminationGracePeriodSeconds`) and removes everything it made: runc state, cgroups, mounts,
-the network namespace and veth.
+Instance goes, stops the containers gracefully and removes everything it made: runc state,
+cgroups, mounts, the network namespace and veth.
+
+Stopping follows kubelet. Deleting a bound Instance only marks it (deletionTimestamp,
+deletionGracePeriodSeconds; see hypermesh/api/graceful.py). The supervisor then sends each
+running container SIGTERM (a Normal `Killing` Event, "Stopping container NAME"), and SIGKILL
+to whatever still runs when the grace period is over. The period counts from when the agent saw
+the deletion, not from the deletionTimestamp: an agent that was down or cut off must not kill
+at once what it never had a chance to stop gently. A later, shorter grace period brings the
+deadline forward, never back, and no period is shorter than kubelet's 2 s. Once everything has
+stopped, the final container states (exit codes, reasons) and a terminal phase are written,
+the node resources are released, and only then is the Instance deleted for good, with
+`gracePeriodSeconds: 0` and its uid as a precondition. An Instance that disappears without
+that (a forced delete, its node's Instances collected) is stopped and cleaned up the same way,
+with nothing left to delete.
 
 Blocking work (mounts, `ip`, writing bundles) runs in threads so one slow Instance never
 stalls the others; the agent's event loop only schedules. Status is written only when it
@@ -47,6 +59,7 @@ import orjson
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.errors import ApiError, ClientError
 from hypermesh.client.kinds import INSTANCES
+from hypermesh.operator import deletion
 from hypermesh.operator.conditions import ConditionStatus, set_condition
 from hypermesh.operator.events import EventRecorder
 from hypermesh.runtime import images, logfiles, network, oci, probes, rootfs, runc
@@ -64,6 +77,12 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.5
 # After SIGKILL, how long to wait for the exit before deleting anyway.
 KILL_WAIT = 5.0
+# kubelet's floor on the time between SIGTERM and SIGKILL (minimumGracePeriodInSeconds).
+MIN_GRACE = 2.0
+# Kubernetes' default terminationGracePeriodSeconds.
+DEFAULT_GRACE = 30.0
+# Retries of the final DELETE while the API server cannot be reached: 1 s doubling to this.
+FINISH_RETRY_CAP = 30.0
 # How often the containers' log files are checked for rotation.
 LOG_CHECK_INTERVAL = 5.0
 FIELD_MANAGER = "hypermesh-agent"
@@ -85,6 +104,19 @@ class NodeServices:
 
     def __post_init__(self) -> None:
         self.events = EventRecorder(self.client, FIELD_MANAGER, host=self.node_name)
+
+
+def grace_of(instance: dict[str, Any]) -> float:
+    """Seconds from SIGTERM to SIGKILL: the deletion's grace period once the Instance is being
+    deleted (a DELETE may have asked for less than the spec), else the spec's."""
+    meta = instance.get("metadata") or {}
+    value = meta.get("deletionGracePeriodSeconds") if meta.get("deletionTimestamp") else None
+    if value is None:
+        value = (instance.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE)
+    try:
+        return max(MIN_GRACE, float(value))
+    except (TypeError, ValueError):
+        return DEFAULT_GRACE
 
 
 def container_id(uid: str, name: str) -> str:
@@ -116,7 +148,16 @@ class Supervisor:
         ]
         self.address: str | None = None
         self.started: datetime | None = None
+        # Set once the Instance is being deleted (or is gone): the loop ends and teardown runs.
         self.deleted = asyncio.Event()
+        # The Instance no longer exists in the API: nothing to report, nothing to delete.
+        self.gone = False
+        # When the containers get SIGKILL (monotonic), once stopping has begun.
+        self.deadline: float | None = None
+        # Whether teardown has begun, and whether this run set up the Instance (and so has a
+        # state worth reporting at the end).
+        self._torn_down = False
+        self._attached = False
         # The probes of each container's current run, by container name.
         self.health: dict[str, probes.ContainerProbes] = {}
         self._wake = asyncio.Event()
@@ -133,12 +174,28 @@ class Supervisor:
         """A newer version of the Instance (status writes by others, labels...)."""
         self.instance = instance
         if instance["metadata"].get("deletionTimestamp"):
-            self.delete()
+            self.terminate()
 
-    def delete(self) -> None:
-        """The Instance is gone (or going): stop and clean up."""
+    def terminate(self) -> None:
+        """The Instance is being deleted: stop its containers within its grace period, counted
+        from now; a shorter period seen later brings the deadline forward, never back."""
+        deadline = time.monotonic() + grace_of(self.instance)
+        if self.deadline is None or deadline < self.deadline:
+            self.deadline = deadline
         self.deleted.set()
         self._wake.set()
+        if self._task is not None and self._task.done() and not self._torn_down:
+            # The loop ended without stopping anything (it failed): stop and finish now, or
+            # the Instance would stay Terminating for ever.
+            self.start()
+
+    def delete(self, last: dict[str, Any] | None = None) -> None:
+        """The Instance is gone from the API (`last` is its final state, if known): stop and
+        clean up all the same; there is nothing left to report or delete."""
+        self.gone = True
+        if last is not None:
+            self.instance = last
+        self.terminate()
 
     async def wait(self) -> None:
         if self._task is not None:
@@ -147,7 +204,9 @@ class Supervisor:
 
     async def _run(self) -> None:
         try:
-            await self._attach()
+            # An Instance already terminating when first seen (the agent restarted) only stops.
+            if not self.deleted.is_set():
+                await self._attach()
             while not self.deleted.is_set():
                 for index, record in enumerate(self.records):
                     await self._step(index, record)
@@ -177,6 +236,7 @@ class Supervisor:
         self.address = str(attachment.address)
         self.netns = attachment.netns
         self.started = self.started or datetime.now(UTC)
+        self._attached = True
 
     # One container, one step
 
@@ -367,33 +427,75 @@ class Supervisor:
     # Stopping
 
     async def _teardown(self) -> None:
-        grace = float((self.instance.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
-        await asyncio.gather(*(self._stop(record, grace) for record in self.records))
-        await asyncio.to_thread(self.services.network.detach, self.uid)
-        await asyncio.to_thread(shutil.rmtree, self.dir, True)
-        log.info("%s: stopped and cleaned up", self.key)
+        """Stop, report how the containers ended, release the node's resources, and then (if
+        the Instance still exists) finish its deletion."""
+        self._torn_down = True
+        if self.deadline is None:
+            self.deadline = time.monotonic() + grace_of(self.instance)
+        stopped = await asyncio.gather(*(self._stop(record) for record in self.records))
+        # An Instance this run never set up (the agent restarted) has nothing new to say
+        # unless one of its containers was still running and has now ended.
+        if not self.gone and (self._attached or any(stopped)):
+            await self._report(final=True)
+        try:
+            for record in self.records:
+                await self._remove_container(container_id(self.uid, record.name), self.dir / record.name)
+            await asyncio.to_thread(self.services.network.detach, self.uid)
+            await asyncio.to_thread(shutil.rmtree, self.dir, True)
+            log.info("%s: stopped and cleaned up", self.key)
+        except Exception:
+            # Nothing runs any more; leftovers are removed at the agent's next start (orphans).
+            log.exception("%s: stopped, but the cleanup is incomplete", self.key)
+        if not self.gone:
+            await self._finish()
 
-    async def _stop(self, record: ContainerRecord, grace: float) -> None:
+    async def _stop(self, record: ContainerRecord) -> bool:
+        """SIGTERM, SIGKILL at the deadline; the exit goes into the record. True if the
+        container was running."""
         cid = container_id(self.uid, record.name)
         workdir = self.dir / record.name
         runtime = self.services.runtime
         state = await runtime.state(cid)
-        if state is not None and state.status == "running":
+        was_running = state is not None and state.status == "running"
+        if was_running:
+            await self._record_event("Normal", "Killing", f"Stopping container {record.name}")
             with contextlib.suppress(Exception):
                 await runtime.kill(cid, signal.SIGTERM)
-            if not await self._exited(workdir, grace):
+            if not await self._exited(workdir):
+                log.info("%s: container %s still running after its grace period: SIGKILL", self.key, record.name)
                 with contextlib.suppress(Exception):
                     await runtime.kill(cid, signal.SIGKILL, all_processes=True)
-                await self._exited(workdir, KILL_WAIT)
-        await self._remove_container(cid, workdir)
+                await self._exited(workdir, time.monotonic() + KILL_WAIT)
+        if was_running or record.phase == "running":
+            exit = runtime.exit_status(workdir / "exit")
+            if exit is not None:
+                record.terminated(Exit(exit.code, exit.signal, exit.oom_killed), datetime.now(UTC))
+        return was_running
 
-    async def _exited(self, workdir: Path, within: float) -> bool:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
+    async def _exited(self, workdir: Path, until: float | None = None) -> bool:
+        """Wait for the exit file until `until` (default: the stop deadline, which a shorter
+        grace period may bring forward while this waits)."""
+        while True:
             if self.services.runtime.exit_status(workdir / "exit") is not None:
                 return True
+            deadline = until if until is not None else self.deadline
+            if deadline is None or time.monotonic() >= deadline:
+                return False
             await asyncio.sleep(0.1)
-        return False
+
+    async def _finish(self) -> None:
+        """Delete the Instance for good now that nothing of it runs; retried while the API
+        server cannot be reached (the agent stopping cancels this)."""
+        delay = 1.0
+        while not self.gone:
+            try:
+                if await deletion.delete_now(self.services.client, INSTANCES, self.instance):
+                    log.info("%s: deleted", self.key)
+                return
+            except (ApiError, ClientError) as exc:
+                log.warning("%s: deletion not finished (%s); retrying in %.0fs", self.key, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FINISH_RETRY_CAP)
 
     async def _remove_container(self, cid: str, workdir: Path) -> None:
         await self.services.runtime.delete(cid)
@@ -401,8 +503,14 @@ class Supervisor:
 
     # Reporting
 
-    async def _report(self) -> None:
+    async def _report(self, *, final: bool = False) -> None:
+        """Write status if it changed. `final`: the containers were stopped for a deletion,
+        so the phase is terminal (Succeeded if every container exited 0), as kubelet reports
+        a deleted pod's."""
         phase = instance_phase(self.records, self.policy)
+        if final:
+            succeeded = all(r.phase == "terminated" and r.exit is not None and r.exit.code == 0 for r in self.records)
+            phase = "Succeeded" if succeeded and self.records else "Failed"
         ready = phase == "Running" and all(r.ready and r.phase == "running" for r in self.records)
         conditions = (self.instance.get("status") or {}).get("conditions")
         now = rfc3339(datetime.now(UTC))
@@ -434,7 +542,7 @@ class Supervisor:
             self._reported = fingerprint
         except ApiError as exc:
             if exc.status == 404:
-                self.delete()
+                self.delete()  # only the status is lost: the loop (or teardown) goes on
             else:
                 log.warning("%s: status not written: %s", self.key, exc)
         except ClientError as exc:

@@ -249,22 +249,27 @@ async def test_tainted_node_is_avoided_unless_tolerated(client: AsyncClient) -> 
 
 
 async def test_higher_priority_preempts_lower_when_full(client: AsyncClient) -> None:
-    await simulate.register_nodes(client, simulate.SimSettings(count=2, cpu="1", memory="4Gi"))
-    for i in range(2):
-        await client.create(INSTANCES, instance(f"low-{i}", cpu="1", priority=0))
+    # Running nodes (not just registered ones): a preempted victim is deleted gracefully and
+    # holds its room until its node has stopped it and finished the deletion.
+    async with simulated(client, simulate.SimSettings(count=2, cpu="1", memory="4Gi")):
+        for i in range(2):
+            await client.create(INSTANCES, instance(f"low-{i}", cpu="1", priority=0))
 
-    async def low_bound() -> bool:
-        return all([node_of(await get_or_none(client, f"low-{i}")) for i in range(2)])
+        async def low_bound() -> bool:
+            return all([node_of(await get_or_none(client, f"low-{i}")) for i in range(2)])
 
-    await eventually(low_bound)
-    await client.create(INSTANCES, instance("high", cpu="1", priority=1000))
+        await eventually(low_bound)
+        await client.create(INSTANCES, instance("high", cpu="1", priority=1000))
 
-    async def preempted() -> bool:
-        high = await get_or_none(client, "high")
-        low = [await get_or_none(client, f"low-{i}") for i in range(2)]
-        return bool(node_of(high)) and sum(1 for obj in low if obj is None) == 1
+        async def preempted() -> bool:
+            high = await get_or_none(client, "high")
+            low = [await get_or_none(client, f"low-{i}") for i in range(2)]
+            # The victim's graceful deletion takes a moment more, and the Scheduled condition
+            # is written just after the bind: wait for both.
+            scheduled = (get_condition(high or {}, "Scheduled") or {}).get("status") == "True"
+            return bool(node_of(high)) and scheduled and sum(1 for obj in low if obj is None) == 1
 
-    await eventually(preempted)
+        await eventually(preempted)
     high = await client.get(INSTANCES, "high", NS)
     survivor = next(o for o in [await get_or_none(client, f"low-{i}") for i in range(2)] if o)
     assert node_of(high) != node_of(survivor)

@@ -15,6 +15,10 @@ Workload's `minReadySeconds`. The fresh count stops a second deletion from slipp
 before the controller has written that the first one happened; the status stops a drain from
 running ahead of what the controller believes.
 
+Deleting an Instance lets it stop gracefully (SIGTERM, SIGKILL after its grace period, which
+`--grace-period` overrides); it counts as gone for its Workload at once, but the drain waits
+until its node agent has stopped it and it has left the Node, as kubectl drain waits for pods.
+
 Like the eviction API's default (`IfHealthyBudget`), an available Instance may go while the
 available count is above the floor, and one that is not available (not Ready, or finished)
 while it is at least the floor, since deleting it costs nothing that is counted. Instances
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import math
 import time
 from datetime import UTC, datetime
@@ -275,20 +278,16 @@ def _budget(session: Session, instance: dict[str, Any], owner: dict[str, Any]) -
 
 
 def _delete_instance(session: Session, instance: dict[str, Any], grace_period: int) -> None:
-    """Delete one Instance, with gracePeriodSeconds when one was given."""
+    """Delete one Instance, with gracePeriodSeconds when one was given (negative: the
+    Instance's own terminationGracePeriodSeconds, as kubectl drain says)."""
+    from hypermesh.cli.nexus.commands.delete import delete_object
     from hypermesh.client.kinds import INSTANCES
 
     meta = instance["metadata"]
-    name, namespace = str(meta["name"]), meta.get("namespace")
-    if grace_period < 0:
-        session.api.delete(INSTANCES, name, namespace)
-        return
-    if "grace_period_seconds" in inspect.signature(session.api.delete).parameters:
-        session.api.delete(INSTANCES, name, namespace, grace_period_seconds=grace_period)  # type: ignore[call-arg]
-        return
-    # The client's delete has no such option yet: send the DeleteOptions body ourselves.
-    options = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": grace_period}
-    session.client.request("DELETE", INSTANCES.path(namespace, name), body=options)
+    delete_object(
+        session, INSTANCES, str(meta["name"]), meta.get("namespace"),
+        grace=grace_period if grace_period >= 0 else None,
+    )
 
 
 def _instances_on(session: Session, nodes: list[str]) -> list[dict[str, Any]]:
