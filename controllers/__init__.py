@@ -21,7 +21,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from controllers import gc, nodes, scheduling, workloads
+from controllers import certificates, gc, nodes, scheduling, workloads
+from controllers.certificates import CertificateSettings
 from controllers.gc import GCSettings
 from controllers.kinds import INSTANCES, OwnerIndex
 from controllers.nodes import NodeSettings
@@ -47,6 +48,9 @@ class ControllerSettings:
     gc: GCSettings = field(default_factory=GCSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     nodes: NodeSettings = field(default_factory=NodeSettings)
+    # None: no certificates controller. It signs with the cluster's intermediate CA, which only
+    # a process given the data dir's pki/ has (the in-process controllers of `hypermesh server`).
+    certificates: CertificateSettings | None = None
 
 
 def build(client: AsyncClient, settings: ControllerSettings | None = None) -> list[Operator]:
@@ -86,7 +90,12 @@ def build(client: AsyncClient, settings: ControllerSettings | None = None) -> li
     scheduling.setup(scheduler_op, settings.scheduler)
     nodes_op = operator("nodes")
     nodes.setup(nodes_op, settings.nodes)
-    return [workloads_op, gc_op, scheduler_op, nodes_op]
+    operators = [workloads_op, gc_op, scheduler_op, nodes_op]
+    if settings.certificates is not None:
+        certificates_op = operator("certificates")
+        certificates.setup(certificates_op, settings.certificates)
+        operators.append(certificates_op)
+    return operators
 
 
 def _tracker(index: OwnerIndex, resource: Resource) -> Subscriber:

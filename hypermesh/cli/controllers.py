@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("hypermesh.controllers")
@@ -41,13 +43,22 @@ async def run_standalone(kubeconfig: str | None, *, leader_election: bool = True
     return 0
 
 
-def start_in_process(app: Any, stop: asyncio.Event) -> asyncio.Task[None]:
-    """Start the controllers inside the server process as `system:controllers`."""
+def start_in_process(app: Any, stop: asyncio.Event, *, pki_dir: Path | None = None) -> asyncio.Task[None]:
+    """Start the controllers inside the server process as `system:controllers`; with
+    `pki_dir`, the certificates controller too (it signs with the intermediate CA there)."""
     import controllers
+    from controllers.certificates import CertificateSettings
     from hypermesh.client.aio import AsyncClient
-    from hypermesh.pki import Identity
+    from hypermesh.pki import Identity, Signer, renewal
+    from hypermesh.pki.intent import Policy
 
     client = AsyncClient.in_process(app, Identity(CONTROLLERS_USER, ("system:masters",)))
+    certificates = None
+    if pki_dir is not None:
+        # Tests shorten the shortest lifetime a Certificate may ask for; users keep cert-manager's 1h.
+        minimum = renewal.parse_duration(os.environ.get("HYPERMESH_CERTIFICATE_MIN_DURATION", "1h"))
+        certificates = CertificateSettings(signer=Signer.from_directory(pki_dir), policy=Policy(min_duration=minimum))
+    settings = controllers.ControllerSettings(certificates=certificates)
     return asyncio.get_running_loop().create_task(
-        controllers.run_all(client, stop, leader_election=True), name="controllers"
+        controllers.run_all(client, stop, settings=settings, leader_election=True), name="controllers"
     )

@@ -107,7 +107,7 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
     if controllers:
         from hypermesh.cli.controllers import start_in_process
 
-        controllers_task = start_in_process(app, controllers_stop)
+        controllers_task = start_in_process(app, controllers_stop, pki_dir=pki.directory)
     agent_task: asyncio.Task[None] | None = None
     if agent:
         from hypermesh.cli import agent as local_agent

@@ -142,7 +142,8 @@ class Agent:
         data = self.settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
         os.chmod(data, 0o700)
-        store = images.ImageStore(data / "images")
+        # Garbage collection keeps what running containers use even after `nexus image rm`.
+        store = images.ImageStore(data / "images", in_use=self._images_in_use)
         store.ensure_busybox()
         runtime = runc.OciRuntime.detect(data / "oci", force=self.settings.oci_runtime)
         log.info("OCI runtime: %s (%s)", runtime.name, runtime.reason)
@@ -163,6 +164,16 @@ class Agent:
             network=manager,
             host_ip=str(node_net.gateway),
         )
+
+    def _images_in_use(self) -> list[str]:
+        """The image digests the supervised containers run (read from the collector's thread:
+        a copy of the dict is taken first, each record read once)."""
+        return [
+            record.image_id
+            for supervisor in list(self.supervisors.values())
+            for record in list(supervisor.records)
+            if record.image_id
+        ]
 
     async def _start_endpoint(self) -> endpoint.Endpoint | None:
         assert self.services is not None
@@ -338,5 +349,7 @@ class Agent:
                     await asyncio.to_thread(rootfs.unmount_rootfs, workdir)
                 await asyncio.to_thread(shutil.rmtree, path, True)
                 removed.append(f"instances/{path.name}")
+        released = await asyncio.to_thread(self.services.id_ranges.release_orphans, live)
+        removed += [f"user namespace ids of {uid}" for uid in released]
         if removed:
             log.info("removed leftovers of deleted Instances: %s", ", ".join(removed))

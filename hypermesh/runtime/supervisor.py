@@ -62,7 +62,7 @@ from hypermesh.client.kinds import INSTANCES
 from hypermesh.operator import deletion
 from hypermesh.operator.conditions import ConditionStatus, set_condition
 from hypermesh.operator.events import EventRecorder
-from hypermesh.runtime import images, logfiles, network, oci, probes, rootfs, runc
+from hypermesh.runtime import idmap, images, logfiles, network, oci, probes, rootfs, runc, userns
 from hypermesh.runtime.containers import (
     ContainerRecord,
     Exit,
@@ -101,9 +101,12 @@ class NodeServices:
     host_ip: str
     # One recorder for the node, so repeated Events of any Instance fold into counts.
     events: EventRecorder = field(init=False)
+    # The host id ranges of Instances with their own user namespace (spec.hostUsers: false).
+    id_ranges: userns.RangePool = field(init=False)
 
     def __post_init__(self) -> None:
         self.events = EventRecorder(self.client, FIELD_MANAGER, host=self.node_name)
+        self.id_ranges = userns.RangePool.for_data_dir(self.data_dir)
 
 
 def grace_of(instance: dict[str, Any]) -> float:
@@ -147,6 +150,8 @@ class Supervisor:
             for c in spec.get("containers") or []
         ]
         self.address: str | None = None
+        # The Instance's host id range, when it has a user namespace of its own.
+        self.ids: idmap.IdRange | None = None
         self.started: datetime | None = None
         # Set once the Instance is being deleted (or is gone): the loop ends and teardown runs.
         self.deleted = asyncio.Event()
@@ -235,6 +240,10 @@ class Supervisor:
         attachment = await asyncio.to_thread(self.services.network.attach, self.uid)
         self.address = str(attachment.address)
         self.netns = attachment.netns
+        if (self.instance.get("spec") or {}).get("hostUsers") is False:
+            # Before anything the range owns exists; the same range again after an agent restart.
+            self.ids = await asyncio.to_thread(self.services.id_ranges.allocate, self.uid)
+            await asyncio.to_thread(userns.configure_netns, self.netns)
         self.started = self.started or datetime.now(UTC)
         self._attached = True
 
@@ -315,7 +324,7 @@ class Supervisor:
         workdir.mkdir(parents=True, exist_ok=True)
         # The last run's output becomes `--previous`; the new shim starts fresh files.
         logfiles.keep_previous(workdir)
-        root = rootfs.mount_rootfs(image, workdir)
+        root = rootfs.mount_rootfs(image, workdir, ids=self.ids)
         hostname = self._hostname()
         spec = oci.runtime_spec(
             container=container,
@@ -324,6 +333,8 @@ class Supervisor:
             hostname=hostname,
             cgroups_path=f"/hypermesh/{self.uid}-{container['name']}",
             netns=self.netns,
+            user_namespace=self.ids is not None,
+            userns_base=self.ids.base if self.ids is not None else oci.DEFAULT_USERNS_BASE,
             field_path=field_path,
             extra_mounts=self._etc_files(hostname),
         )
@@ -442,6 +453,8 @@ class Supervisor:
                 await self._remove_container(container_id(self.uid, record.name), self.dir / record.name)
             await asyncio.to_thread(self.services.network.detach, self.uid)
             await asyncio.to_thread(shutil.rmtree, self.dir, True)
+            # Last: nothing the range owned (processes, files) is left to meet its next holder.
+            await asyncio.to_thread(self.services.id_ranges.release, [self.uid])
             log.info("%s: stopped and cleaned up", self.key)
         except Exception:
             # Nothing runs any more; leftovers are removed at the agent's next start (orphans).
