@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import time
@@ -85,6 +86,8 @@ DEFAULT_GRACE = 30.0
 FINISH_RETRY_CAP = 30.0
 # How often the containers' log files are checked for rotation.
 LOG_CHECK_INTERVAL = 5.0
+# Concurrent container starts per CPU (see NodeServices.start_slots).
+START_SLOTS_PER_CPU = 2
 FIELD_MANAGER = "hypermesh-agent"
 
 
@@ -103,10 +106,15 @@ class NodeServices:
     events: EventRecorder = field(init=False)
     # The host id ranges of Instances with their own user namespace (spec.hostUsers: false).
     id_ranges: userns.RangePool = field(init=False)
+    # Container starts in flight at once. A hundred at once (a Workload scaled up) spend the
+    # CPU on each other: the first is Running only when nearly all are. A few at a time keep
+    # the cores busy and let each finish in its own time.
+    start_slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
         self.events = EventRecorder(self.client, FIELD_MANAGER, host=self.node_name)
         self.id_ranges = userns.RangePool.for_data_dir(self.data_dir)
+        self.start_slots = asyncio.Semaphore(START_SLOTS_PER_CPU * (os.cpu_count() or 1))
 
 
 def grace_of(instance: dict[str, Any]) -> float:
@@ -237,7 +245,9 @@ class Supervisor:
     # Setup
 
     async def _attach(self) -> None:
-        attachment = await asyncio.to_thread(self.services.network.attach, self.uid)
+        # The network is part of starting: it takes a slot like a container start does.
+        async with self.services.start_slots:
+            attachment = await asyncio.to_thread(self.services.network.attach, self.uid)
         self.address = str(attachment.address)
         self.netns = attachment.netns
         if (self.instance.get("spec") or {}).get("hostUsers") is False:
@@ -290,15 +300,16 @@ class Supervisor:
             record.not_before = time.monotonic() + 10.0
             return
         try:
-            bundle = await asyncio.to_thread(self._prepare_bundle, container, image, workdir, f"spec.containers[{index}]")
-            await self.services.runtime.delete(cid)
-            await self.services.runtime.run(
-                cid,
-                bundle,
-                stdout=logfiles.current_log(workdir, "stdout"),
-                stderr=logfiles.current_log(workdir, "stderr"),
-                exit_file=workdir / "exit",
-            )
+            async with self.services.start_slots:
+                bundle = await asyncio.to_thread(self._prepare_bundle, container, image, workdir, f"spec.containers[{index}]")
+                await self.services.runtime.delete(cid)
+                await self.services.runtime.run(
+                    cid,
+                    bundle,
+                    stdout=logfiles.current_log(workdir, "stdout"),
+                    stderr=logfiles.current_log(workdir, "stderr"),
+                    exit_file=workdir / "exit",
+                )
         except (oci.SpecError, ValueError) as exc:
             record.waiting("CreateContainerConfigError", str(exc))
             record.not_before = time.monotonic() + 10.0
