@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the project needs at run or test time.
-APT_PACKAGES := runc busybox-static
+APT_PACKAGES := runc busybox-static git
 STAMP := $(VENV)/.installed
 
 .PHONY: setup up test bench clean lint
