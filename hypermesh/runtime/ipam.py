@@ -22,8 +22,6 @@ names mean.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Network
@@ -31,6 +29,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hypermesh.runtime import statefile
 
 __all__ = ["AddressPool", "Allocation", "AllocationError"]
 
@@ -162,17 +162,11 @@ class AddressPool:
     @contextlib.contextmanager
     def _locked(self, *, write: bool) -> Iterator[_State]:
         """The current state under an exclusive lock; saved on exit when `write` is set."""
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with statefile.exclusive(self.path):
             state = self._load()
             yield state
             if write:
                 self._save(state)
-        finally:
-            # Closing the descriptor drops the lock.
-            os.close(fd)
 
     def _load(self) -> _State:
         try:
@@ -205,19 +199,7 @@ class AddressPool:
         return state
 
     def _save(self, state: _State) -> None:
-        data = state.model_dump_json(indent=1).encode()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, self.path)
-        # The rename itself is durable only once the directory is synced.
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        statefile.save(self.path, state.model_dump_json(indent=1).encode())
 
 
 def _allocation(instance_id: str, entry: _Entry) -> Allocation:

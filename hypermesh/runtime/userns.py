@@ -27,15 +27,13 @@ of Instances that no longer exist when the agent starts (`release_orphans`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from hypermesh.runtime import iproute
+from hypermesh.runtime import iproute, statefile
 from hypermesh.runtime.idmap import ID_LIMIT, RANGE_SIZE, IdRange
 
 __all__ = ["FIRST_BASE", "STATE_FILE", "IdRange", "RangeError", "RangePool", "configure_netns"]
@@ -147,18 +145,12 @@ class RangePool:
     def _locked(self, *, write: bool) -> Iterator[_State]:
         """The current state under an exclusive lock; saved on exit when `write` is set and it
         changed (so releasing what an Instance never had, on every teardown, costs no fsync)."""
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with statefile.exclusive(self.path):
             state = self._load()
             before = state.model_copy(deep=True)
             yield state
             if write and state != before:
                 self._save(state)
-        finally:
-            # Closing the descriptor drops the lock.
-            os.close(fd)
 
     def _load(self) -> _State:
         try:
@@ -190,19 +182,7 @@ class RangePool:
         return state
 
     def _save(self, state: _State) -> None:
-        data = state.model_dump_json(indent=1).encode()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, self.path)
-        # The rename itself is durable only once the directory is synced.
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        statefile.save(self.path, state.model_dump_json(indent=1).encode())
 
 
 def configure_netns(netns_path: Path) -> None:
