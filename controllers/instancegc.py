@@ -32,7 +32,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from controllers.kinds import INSTANCES, NODES
+from controllers.kinds import INSTANCES, NODES, NodeIndex
 from hypermesh.client.errors import ApiError
 from hypermesh.operator import Context, Operator, Result
 from hypermesh.operator.conditions import get_condition
@@ -79,8 +79,7 @@ class InstanceCollector:
         self.instances = op.informer(INSTANCES)
         self.nodes = op.informer(NODES)
         # Node name -> keys of the terminating Instances bound to it.
-        self._by_node: dict[str, set[str]] = {}
-        self._node_of: dict[str, str] = {}
+        self._index = NodeIndex()
         op.reconcile(INSTANCES, deleting=True, events=self._wanted)(self.collect)
         self.controller: Controller = op.controllers[-1]
         self.instances.subscribe(self._on_instance)
@@ -93,18 +92,7 @@ class InstanceCollector:
         return event != "DELETED" and terminating_on(instance) is not None
 
     def _on_instance(self, event: str, instance: dict[str, Any]) -> None:
-        key = object_key(instance)
-        before = self._node_of.pop(key, None)
-        if before is not None:
-            keys = self._by_node.get(before)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._by_node[before]
-        node = terminating_on(instance) if event != "DELETED" else None
-        if node is not None:
-            self._node_of[key] = node
-            self._by_node.setdefault(node, set()).add(key)
+        self._index.file(object_key(instance), terminating_on(instance) if event != "DELETED" else None)
 
     def _on_node(self, _event: str, node: dict[str, Any]) -> None:
         # A Node that changed (turned Unknown, came back) or went: its terminating Instances
@@ -112,7 +100,7 @@ class InstanceCollector:
         queue = self.controller.queue
         if queue is None:
             return
-        for key in list(self._by_node.get(str(node["metadata"]["name"]), ())):
+        for key in self._index.keys(str(node["metadata"]["name"])):
             queue.add(key)
 
     # The reconcile

@@ -59,4 +59,30 @@ class OwnerIndex:
         return sorted(self._by_owner.get(uid, ()), key=lambda entry: entry[1])
 
 
-__all__ = ["INSTANCES", "NODES", "WORKLOADS", "OwnerIndex", "controller_of", "owner_references"]
+class NodeIndex:
+    """Instance keys by the node they are filed under (which node is the caller's choice:
+    bound to it, or terminating on it)."""
+
+    def __init__(self) -> None:
+        self._by_node: dict[str, set[str]] = {}
+        self._node_of: dict[str, str] = {}
+
+    def file(self, key: str, node: str | None) -> None:
+        """File `key` under `node` (None: under none, e.g. the Instance went)."""
+        before = self._node_of.pop(key, None)
+        if before is not None:
+            keys = self._by_node.get(before)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_node[before]
+        if node:
+            self._node_of[key] = node
+            self._by_node.setdefault(node, set()).add(key)
+
+    def keys(self, node: str) -> list[str]:
+        """The keys filed under `node` (a copy: callers may file while iterating)."""
+        return list(self._by_node.get(node, ()))
+
+
+__all__ = ["INSTANCES", "NODES", "WORKLOADS", "NodeIndex", "OwnerIndex", "controller_of", "owner_references"]

@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controllers import instancegc
-from controllers.kinds import INSTANCES, NODES
+from controllers.kinds import INSTANCES, NODES, NodeIndex
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.errors import ApiError
 from hypermesh.operator import Context, Informers, Operator, Result, Settings
@@ -167,8 +167,7 @@ class NodeLifecycleController:
         self.instances = op.informer(INSTANCES)
         # Node name -> keys of the Instances bound to it, kept in step with the informer so an
         # eviction costs the Node's Instances, not a scan of all of them.
-        self._by_node: dict[str, set[str]] = {}
-        self._node_of: dict[str, str] = {}
+        self._index = NodeIndex()
         # Node name -> monotonic time this process first looked at it.
         self._first_seen: dict[str, float] = {}
         op.timer(NODES, settings.check_interval)(self.check)
@@ -191,22 +190,12 @@ class NodeLifecycleController:
             self._first_seen.pop(str(node["metadata"]["name"]), None)
 
     def _on_instance(self, event: str, instance: dict[str, Any]) -> None:
-        key = object_key(instance)
-        before = self._node_of.pop(key, None)
-        if before is not None:
-            keys = self._by_node.get(before)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._by_node[before]
         node = (instance.get("spec") or {}).get("nodeName")
-        if event != "DELETED" and node:
-            self._node_of[key] = str(node)
-            self._by_node.setdefault(str(node), set()).add(key)
+        self._index.file(object_key(instance), str(node) if event != "DELETED" and node else None)
 
     def instances_on(self, node: str) -> list[dict[str, Any]]:
         """The live Instances bound to `node`, from the cache."""
-        found = (self.instances.get_key(key) for key in self._by_node.get(node, ()))
+        found = (self.instances.get_key(key) for key in self._index.keys(node))
         return [i for i in found if i is not None and not _deleting(i)]
 
     # The check
