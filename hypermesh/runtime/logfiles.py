@@ -155,20 +155,27 @@ def tail_file(path: Path, lines: int) -> list[bytes]:
     except FileNotFoundError:
         return []
     with handle:
-        end = os.fstat(handle.fileno()).st_size
         blocks: list[bytes] = []
-        newlines = 0
-        position = end
-        # One newline more than lines is needed to know where the first wanted line begins;
-        # a final newline ends the last line and does not start another.
-        while position > 0 and newlines <= lines:
-            start = max(0, position - _CHUNK)
-            handle.seek(start)
-            block = handle.read(position - start)
-            blocks.append(block)
-            newlines += block.count(b"\n")
-            position = start
+        read_back(handle, os.fstat(handle.fileno()).st_size, lines, blocks)
     return _split_lines(b"".join(reversed(blocks)))[-lines:]
+
+
+def read_back(handle: BinaryIO, end: int, lines: int, blocks: list[bytes], newlines: int = 0) -> int:
+    """Read `handle` backwards from `end` in blocks (appended to `blocks`, newest first) until
+    more than `lines` newlines were seen or the start is reached; the newlines seen in all.
+
+    One newline more than `lines` is needed to know where the first wanted line begins; a
+    final newline ends the last line and does not start another.
+    """
+    position = end
+    while position > 0 and newlines <= lines:
+        start = max(0, position - _CHUNK)
+        handle.seek(start)
+        block = handle.read(position - start)
+        blocks.append(block)
+        newlines += block.count(b"\n")
+        position = start
+    return newlines
 
 
 def tail(workdir: Path, stream: Stream, lines: int, *, previous: bool = False) -> bytes:

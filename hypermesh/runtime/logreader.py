@@ -212,15 +212,7 @@ def _tail_lines(parts: list[tuple[Path, int]], lines: int) -> list[bytes]:
         except FileNotFoundError:
             continue
         with handle:
-            position = end
-            # One newline more than `lines` marks where the first wanted line starts.
-            while position > 0 and newlines <= lines:
-                start = max(0, position - _CHUNK)
-                handle.seek(start)
-                block = handle.read(position - start)
-                blocks.append(block)
-                newlines += block.count(b"\n")
-                position = start
+            newlines = logfiles.read_back(handle, end, lines, blocks, newlines)
         if newlines > lines:
             break
     return b"".join(reversed(blocks)).splitlines(keepends=True)[-lines:]
