@@ -4,7 +4,9 @@ Each concern is one module built only on `hypermesh.operator` (and the client an
 models): `workloads` (Workload -> Instances, rollouts, revisions), `gc` (ownerReferences ->
 cascading deletion), `scheduling` (pending Instance -> Node) and `nodes` (heartbeats ->
 Ready/Unknown, unreachable taints, eviction; with it `instancegc`, which finishes the deletion
-of Instances whose Node is gone or not Ready). `build` wires them into
+of Instances whose Node is gone or not Ready), and, in a process that holds the cluster's CA,
+`certificates` (Certificate -> TLS Secret) and `csrsigning` (approves and signs nodes' client
+certificate requests). `build` wires them into
 operators that share one set of informers, so a process lists and watches each kind once
 however many controllers read it; each operator holds its own Lease, so the concerns can fail
 over independently.
@@ -21,8 +23,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from controllers import certificates, gc, nodes, scheduling, workloads
+from controllers import certificates, csrsigning, gc, nodes, scheduling, workloads
 from controllers.certificates import CertificateSettings
+from controllers.csrsigning import CSRSigningSettings
 from controllers.gc import GCSettings
 from controllers.kinds import INSTANCES, OwnerIndex
 from controllers.nodes import NodeSettings
@@ -51,6 +54,8 @@ class ControllerSettings:
     # None: no certificates controller. It signs with the cluster's intermediate CA, which only
     # a process given the data dir's pki/ has (the in-process controllers of `hypermesh server`).
     certificates: CertificateSettings | None = None
+    # None: no csrsigning controller (it signs with the intermediate CA too).
+    csrsigning: CSRSigningSettings | None = None
 
 
 def build(client: AsyncClient, settings: ControllerSettings | None = None) -> list[Operator]:
@@ -95,6 +100,10 @@ def build(client: AsyncClient, settings: ControllerSettings | None = None) -> li
         certificates_op = operator("certificates")
         certificates.setup(certificates_op, settings.certificates)
         operators.append(certificates_op)
+    if settings.csrsigning is not None:
+        csrsigning_op = operator("csrsigning")
+        csrsigning.setup(csrsigning_op, settings.csrsigning)
+        operators.append(csrsigning_op)
     return operators
 
 

@@ -2,11 +2,13 @@
 
 `APIServer` wires the parts (store, registry, verbs, watch cache, discovery, OpenAPI) and routes
 each request: health and version endpoints first (they are public, as in Kubernetes), then the
-identity check (mutual TLS happened in the transport; here a request without a verified client
-certificate gets 401), then discovery, OpenAPI, and the resource verbs. Any `ApiError` becomes a
-`Status` response; any other exception becomes a 500 Status and a log line, never a crash.
-WebSocket upgrades (only interactive exec takes one) go through the same identity check and
-are refused with a Status when they cannot be served.
+identity check (mutual TLS happened in the transport; a request without a verified client
+certificate may still prove a bootstrap token, see `tokens`, and gets 401 otherwise), then
+discovery, OpenAPI, and the resource verbs. The cluster CA is public at `CA_PATH`, so a joining
+node can fetch it before it trusts anything (it checks the CA's public key hash it was given).
+Any `ApiError` becomes a `Status` response; any other exception becomes a 500 Status and a log
+line, never a crash. WebSocket upgrades (only interactive exec takes one) go through the same
+identity check and are refused with a Status when they cannot be served.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hypermesh.api import (
     audit,
     authz,
     binding,
+    certificatesigning,
     discovery,
     errors,
     guard,
@@ -33,8 +36,8 @@ from hypermesh.api import (
     rbac,
     reviews,
     tables,
+    tokens,
 )
-from hypermesh.api.admission import Admission
 from hypermesh.api.compactor import CompactionPolicy, Compactor
 from hypermesh.api.customresources import CustomResources, hypermesh_crds
 from hypermesh.api.eventttl import DEFAULT_TTL, EventExpiry
@@ -45,6 +48,7 @@ from hypermesh.api.rest import ResourceAPI, load_body
 from hypermesh.api.storage import ObjectStorage, Page
 from hypermesh.api.watch import WatchStream
 from hypermesh.api.watchcache import WatchCache
+from hypermesh.pki import csr
 from hypermesh.resources.registry import Registry, ResourceType, builtin_types
 from hypermesh.store import Store
 from hypermesh.transport.asgi import IDENTITY_SCOPE_KEY, deny_websocket
@@ -57,7 +61,9 @@ def data_dir_of(store: Any, name: str) -> Path | None:
     path = getattr(store, "path", None)
     return Path(path).parent / name if path else None
 
-PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/version"})
+# Where a joining node fetches the cluster CA (PEM) before it can verify the server.
+CA_PATH = csr.CA_PATH
+PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/version", CA_PATH})
 
 
 class APIServer:
@@ -79,7 +85,7 @@ class APIServer:
             self.registry.add(rtype)
         self.storage = ObjectStorage(store)
         self.watchcache = WatchCache(store)
-        self.admission = Admission(self.storage, self.registry)
+        self.admission = certificatesigning.Admission(self.storage, self.registry)
         self.api = ResourceAPI(self.storage, self.admission)
         self.binder = binding.Binder(self.storage, self.registry)
         self.namespaces = Namespaces(self.storage, self.registry, self.watchcache)
@@ -94,6 +100,8 @@ class APIServer:
         self.admission.policy = self.policy
         audit_path = audit_log or data_dir_of(store, "audit.log")
         self.guard = guard.Guard(self.policy, self.storage, self.registry, audit.AuditLog(audit_path) if audit_path else None)
+        # Bearer bootstrap tokens, for requests that come without a client certificate.
+        self.tokens = tokens.TokenAuthenticator(self.storage, self.registry, self.watchcache)
         self.discovery = discovery.Discovery(self.registry)
         self.openapi = OpenAPI(self.registry)
         self.shutdown = asyncio.Event()
@@ -112,6 +120,7 @@ class APIServer:
         await self.namespaces.ensure_defaults()
         await self.admission.priorities.ensure_system_classes()
         await self.policy.start()
+        await self.tokens.start()
         if self.guard.log is not None:
             self.guard.log.start()
         self.cluster_ca_pem = await asyncio.to_thread(self.proxy.load)
@@ -127,6 +136,7 @@ class APIServer:
         await self.event_expiry.stop()
         await self.namespaces.stop()
         await self.policy.stop()
+        await self.tokens.stop()
         if self.guard.log is not None:
             await self.guard.log.stop()
         await self.watchcache.stop()
@@ -145,6 +155,7 @@ class APIServer:
         req = Request.from_scope(scope, receive)
         # Kept whole for the exec subresource, whose `command` parameter repeats.
         req.extra["query_string"] = scope.get("query_string", b"")
+        req.extra["tls"] = (scope.get("extensions") or {}).get("tls")
         send = self.guard.audited(req, send)
         try:
             await self._route(req, send)
@@ -214,7 +225,13 @@ class APIServer:
             await self._public(req, send)
             return
         if req.identity is None:
-            raise errors.unauthorized()
+            # No client certificate: a bootstrap token is the only other credential.
+            authorization = req.headers.get("authorization")
+            req.identity = await self.tokens.authenticate(authorization)
+            if req.identity is None and tokens.bearer_token(authorization) is not None:
+                raise errors.ApiError(401, "Unauthorized", "Unauthorized: the bearer token is not a valid bootstrap token (unknown, expired or deleted), and no client certificate was presented")
+            if req.identity is None:
+                raise errors.unauthorized()
         if path == binding.BATCH_PATH:
             # Bindings of Instances in any namespace: a cluster-wide grant is needed.
             instances = self.registry.by_plural("hypermesh.io", "v1", "instances")
@@ -259,6 +276,10 @@ class APIServer:
     async def _public(self, req: Request, send: Send) -> None:
         if req.path == "/version":
             await send_json(send, 200, discovery.version_info())
+        elif req.path == CA_PATH:
+            if self.cluster_ca_pem is None:
+                raise errors.ApiError(404, "NotFound", "this server has no cluster CA to publish")
+            await send_bytes(send, 200, self.cluster_ca_pem, content_type=b"application/x-pem-file")
         elif req.path == "/readyz" and not self.ready:
             await send_bytes(send, 503, b"not ready: starting or stopping", content_type=b"text/plain")
         else:
@@ -315,6 +336,9 @@ class APIServer:
             raise errors.ApiError(404, "NotFound", f'the server could not find the requested resource ({sub} subresource)')
         if sub == "status" and not rtype.has_status:
             raise errors.ApiError(404, "NotFound", f"{rtype.kind} has no status subresource")
+        if certificatesigning.is_csr(rtype) and method != "GET":
+            # The requester stamped into a new CertificateSigningRequest names the certificate too.
+            certificatesigning.current_client_certificate.set(certificatesigning.client_certificate_of(req.extra.get("tls")))
         if name is None:
             if method == "GET":
                 if req.flag("watch"):

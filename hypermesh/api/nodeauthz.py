@@ -9,6 +9,9 @@ authorizer and NodeRestriction admission, in one place). A node may:
 - list and watch Instances only through `fieldSelector=spec.nodeName=<name>`, read, update the
   status of, and delete (to finish a graceful deletion) the Instances bound to it;
 - create and update Events, anywhere (it reports on what it runs);
+- create CertificateSigningRequests (the API server stamps the node's name into them, and the
+  approver signs a node's request only for that node) and read, by name, those it created:
+  that is how a node renews its own certificate;
 - nothing else: not another node's Node, Lease or Instances, not Secrets, not Workloads.
 
 A write whose target has no name in the URL (a create) is allowed here and its name checked on
@@ -27,6 +30,7 @@ NODES_GROUP = "system:nodes"
 NODE_USER_PREFIX = "system:node:"
 LEASE_NAMESPACE = "hypermesh-node-lease"
 HM = "hypermesh.io"
+CERTIFICATES = "certificates.k8s.io"
 
 # (group, plural, namespace, name) -> the stored object or None.
 Lookup = Callable[[str, str, str | None, str], Awaitable[dict[str, Any] | None]]
@@ -64,6 +68,13 @@ async def _allowed(attrs: rbac.Attributes, node: str, *, field_node: str | None,
         return attrs.name == node and (verb in _READ or verb in _OWN_WRITE)
     if group in ("", "events.k8s.io") and resource == "events":
         return verb in ("create", "update", "patch")
+    if group == CERTIFICATES and resource == "certificatesigningrequests" and not sub:
+        if verb == "create":
+            return True
+        if verb != "get" or not attrs.name:
+            return False
+        request = await lookup(CERTIFICATES, "certificatesigningrequests", None, attrs.name)
+        return request is not None and (request.get("spec") or {}).get("username") == NODE_USER_PREFIX + node
     if group == HM and resource == "instances":
         if verb in ("list", "watch") and not sub:
             return field_node == node

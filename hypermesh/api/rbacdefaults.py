@@ -13,6 +13,13 @@
   authenticated identity read discovery and the version and ask what it may do
   (`SelfSubjectAccessReview`, `SelfSubjectReview`): a new user can find out that it can do
   nothing else.
+- Node join, as kubeadm sets it up: `system:node-bootstrapper` (create and read
+  CertificateSigningRequests) bound to `system:bootstrappers`, the holders of bootstrap tokens.
+  Whether a node client certificate request is approved automatically is RBAC too, as the
+  Kubernetes approver asks it: `create` on `certificatesigningrequests/nodeclient` (a new
+  node's first certificate; bound to `system:bootstrappers`) and on
+  `certificatesigningrequests/selfnodeclient` (a node renewing its own; bound to
+  `system:nodes`). Deleting a binding turns that kind of automatic approval off.
 
 These objects carry `rbac.authorization.kubernetes.io/autoupdate: "true"`: the server puts
 their rules back at every start (so an upgrade adds permissions for new kinds), unless an
@@ -35,6 +42,11 @@ MASTERS = "system:masters"
 READ = ["get", "list", "watch"]
 WRITE = ["create", "delete", "deletecollection", "patch", "update"]
 HM = "hypermesh.io"
+CERTIFICATES = "certificates.k8s.io"
+BOOTSTRAPPERS = "system:bootstrappers"
+NODES = "system:nodes"
+NODE_CLIENT_ROLE = "system:certificates.k8s.io:certificatesigningrequests:nodeclient"
+SELF_NODE_CLIENT_ROLE = "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"
 # The namespaced kinds a tenant works with, by API group.
 _WORKLOAD_KINDS = {HM: ["workloads", "workloads/scale", "instances", "services", "endpoints", "certificates", "gitsyncs"]}
 _STATUS_VIEWS = {HM: ["workloads/status", "instances/status", "services/status", "certificates/status", "gitsyncs/status"]}
@@ -122,6 +134,9 @@ def cluster_roles() -> list[dict[str, Any]]:
                 ],
             ),
             _cluster_role("system:public-info-viewer", [_url_rule(["get"], ["/healthz", "/livez", "/readyz", "/version", "/version/"])]),
+            _cluster_role("system:node-bootstrapper", [_rule(["create", *READ], [CERTIFICATES], ["certificatesigningrequests"])]),
+            _cluster_role(NODE_CLIENT_ROLE, [_rule(["create"], [CERTIFICATES], ["certificatesigningrequests/nodeclient"])]),
+            _cluster_role(SELF_NODE_CLIENT_ROLE, [_rule(["create"], [CERTIFICATES], ["certificatesigningrequests/selfnodeclient"])]),
         ]
     )
 
@@ -133,4 +148,7 @@ def cluster_role_bindings() -> list[dict[str, Any]]:
         _cluster_binding("system:discovery", "system:discovery", [AUTHENTICATED]),
         _cluster_binding("system:basic-user", "system:basic-user", [AUTHENTICATED]),
         _cluster_binding("system:public-info-viewer", "system:public-info-viewer", [AUTHENTICATED, UNAUTHENTICATED]),
+        _cluster_binding("system:node-bootstrapper", "system:node-bootstrapper", [BOOTSTRAPPERS]),
+        _cluster_binding("system:node-autoapprove-bootstrap", NODE_CLIENT_ROLE, [BOOTSTRAPPERS]),
+        _cluster_binding("system:node-autoapprove-certificate-rotation", SELF_NODE_CLIENT_ROLE, [NODES]),
     ]

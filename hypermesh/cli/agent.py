@@ -1,13 +1,22 @@
 """`hypermesh agent` and the local agent of `hypermesh up`: where a node agent runs.
 
-Alone, the agent reaches the server through a kubeconfig (mutual TLS); inside `hypermesh up` it
-runs in the server's process through `AsyncClient.in_process` as `system:node:<name>`, so a
-one-machine cluster is one process. Either way the containers it starts outlive it.
+Alone, the agent reaches the server over mutual TLS in one of two ways:
+
+- joined (`--server URL --token T --ca-hash sha256:...`, see `hypermesh.runtime.join`): it gets
+  its own node certificate with a bootstrap token, keeps it in `<data dir>/kubeconfig`, reuses it
+  when restarted (no token needed while it is valid) and renews it itself
+  (`hypermesh.runtime.rotation`);
+- given a kubeconfig (`--kubeconfig K`): it runs as whoever that names, and renews nothing.
+
+Inside `hypermesh up` it runs in the server's process through `AsyncClient.in_process` as
+`system:node:<name>`, so a one-machine cluster is one process. Either way the containers it
+starts outlive it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -31,6 +40,19 @@ def can_run_containers() -> str | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class JoinOptions:
+    """`--server`, `--token`, `--ca-hash`: how to join (each may be unset on a restart)."""
+
+    server: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)
+    ca_hash: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return bool(self.server or self.token or self.ca_hash)
+
+
 async def run_standalone(
     kubeconfig: str | None,
     *,
@@ -40,17 +62,41 @@ async def run_standalone(
     oci_runtime: str | None,
     bridge: str = "hm0",
     cluster_prefix: str | None = None,
+    joining: JoinOptions | None = None,
 ) -> int:
-    """Run one agent against the kubeconfig's server until SIGTERM or SIGINT."""
+    """Run one agent until SIGTERM or SIGINT: joined (see the module docstring) when `joining`
+    says how or the data dir holds a joined node's kubeconfig, else with `kubeconfig`."""
     from hypermesh.client.aio import AsyncClient
-    from hypermesh.client.config import load_config
+    from hypermesh.client.config import ConfigError, load_config
+    from hypermesh.runtime import join, rotation
     from hypermesh.runtime.agent import Agent, AgentSettings
 
     problem = can_run_containers()
     if problem:
         log.error("%s", problem)
         return 1
-    client = AsyncClient.from_config(load_config(kubeconfig))
+    joining = joining or JoinOptions()
+    if kubeconfig and joining.given:
+        log.error("--kubeconfig runs the agent with given credentials; --server, --token and --ca-hash join with its own: use one or the other")
+        return 2
+    rotator: rotation.CertificateRotation | None = None
+    if kubeconfig is None and (joining.given or join.kubeconfig_path(data_dir).exists()):
+        try:
+            credentials = await join.credentials(
+                server=joining.server, token=joining.token, ca_hash=joining.ca_hash, node_name=name, data_dir=data_dir
+            )
+        except join.JoinError as exc:
+            log.error("cannot join: %s", exc)
+            return 1
+        path = join.kubeconfig_path(data_dir)
+        client = AsyncClient.from_config(credentials.config(path))
+        rotator = rotation.CertificateRotation(client, credentials, node_name=name, path=path)
+    else:
+        try:
+            client = AsyncClient.from_config(load_config(kubeconfig))
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -59,6 +105,7 @@ async def run_standalone(
     if cluster_prefix:
         settings = dataclasses.replace(settings, cluster_prefix=cluster_prefix)
     agent = Agent(client, settings)
+    renewing = asyncio.create_task(rotator.run(stop), name="certificate-rotation") if rotator else None
     task = asyncio.create_task(agent.run(stop))
     ready = asyncio.create_task(agent.ready.wait())
     done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -68,6 +115,10 @@ async def run_standalone(
         await task
     finally:
         ready.cancel()
+        if renewing is not None:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
         await client.aclose()
     log.info("agent stopped")
     return 0

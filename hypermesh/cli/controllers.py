@@ -45,20 +45,26 @@ async def run_standalone(kubeconfig: str | None, *, leader_election: bool = True
 
 def start_in_process(app: Any, stop: asyncio.Event, *, pki_dir: Path | None = None) -> asyncio.Task[None]:
     """Start the controllers inside the server process as `system:controllers`; with
-    `pki_dir`, the certificates controller too (it signs with the intermediate CA there)."""
+    `pki_dir`, the certificates and csrsigning controllers too (they sign with the intermediate
+    CA there)."""
     import controllers
     from controllers.certificates import CertificateSettings
+    from controllers.csrsigning import CSRSigningSettings
     from hypermesh.client.aio import AsyncClient
     from hypermesh.pki import Identity, Signer, renewal
     from hypermesh.pki.intent import Policy
 
     client = AsyncClient.in_process(app, Identity(CONTROLLERS_USER, ("system:masters",)))
-    certificates = None
+    certificates = csrsigning = None
     if pki_dir is not None:
+        signer = Signer.from_directory(pki_dir)
         # Tests shorten the shortest lifetime a Certificate may ask for; users keep cert-manager's 1h.
         minimum = renewal.parse_duration(os.environ.get("HYPERMESH_CERTIFICATE_MIN_DURATION", "1h"))
-        certificates = CertificateSettings(signer=Signer.from_directory(pki_dir), policy=Policy(min_duration=minimum))
-    settings = controllers.ControllerSettings(certificates=certificates)
+        certificates = CertificateSettings(signer=signer, policy=Policy(min_duration=minimum))
+        # Node client certificates live a day (nodes renew them at two thirds); tests use seconds.
+        node_duration = renewal.parse_duration(os.environ.get("HYPERMESH_NODE_CERTIFICATE_DURATION", "24h"))
+        csrsigning = CSRSigningSettings(signer=signer, max_duration=node_duration)
+    settings = controllers.ControllerSettings(certificates=certificates, csrsigning=csrsigning)
     return asyncio.get_running_loop().create_task(
         controllers.run_all(client, stop, settings=settings, leader_election=True), name="controllers"
     )

@@ -225,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cleanup", action="store_true", help="delete the Nodes on exit")
 
     p = sub.add_parser("agent", help="run a node agent: register this machine and run the Instances bound to it")
-    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="the server and credentials (default: $KUBECONFIG)")
+    p.add_argument("--server", default=None, help="join the cluster of this API server URL with --token and --ca-hash (once: the node's credentials stay in DATA_DIR/kubeconfig)")
+    p.add_argument("--token", default=None, help="a bootstrap token (`hypermesh token create`) to join with")
+    p.add_argument("--ca-hash", default=None, help="sha256:<hex> of the cluster CA's public key: the only CA this node will trust")
+    p.add_argument("--kubeconfig", default=None, help="run with these credentials instead of joining (default without --server: DATA_DIR/kubeconfig if it exists, else $KUBECONFIG)")
     p.add_argument("--name", default=None, help="the Node name (default: the host name)")
-    p.add_argument("--data-dir", type=Path, default=Path("/var/lib/hypermesh/agent"), help="images, container state and logs")
+    p.add_argument("--data-dir", type=Path, default=Path("/var/lib/hypermesh/agent"), help="images, container state, logs and (joined) the node's kubeconfig")
     p.add_argument("--zone", default=None, help="the topology.hypermesh.io/zone label")
     p.add_argument("--oci-runtime", choices=("runc", "crun"), default=None, help="force an OCI runtime (default: crun if it works here, else runc)")
     p.add_argument("--bridge", default="hm0", help="the node bridge Instances attach to")
@@ -284,9 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         from hypermesh.cli import agent as node_agent
 
         name = args.name or node_agent.default_name()
+        joining = node_agent.JoinOptions(server=args.server, token=args.token, ca_hash=args.ca_hash)
         return _run(node_agent.run_standalone(
             args.kubeconfig, name=name, data_dir=args.data_dir, zone=args.zone, oci_runtime=args.oci_runtime,
-            bridge=args.bridge, cluster_prefix=args.cluster_prefix,
+            bridge=args.bridge, cluster_prefix=args.cluster_prefix, joining=joining,
         ))
     if args.command == "up":
         host, port = args.listen
@@ -318,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         return security.run_user(args)
     if args.command == "audit":
         return security.run_audit(args)
+    if args.command == "token":
+        return security.run_token(args)
     if args.command == "restore":
         from hypermesh.store import StoreError, restore
 

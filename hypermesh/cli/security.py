@@ -1,4 +1,4 @@
-"""`hypermesh user create` and `hypermesh audit verify`: the administrator's security chores.
+"""`hypermesh user create`, `token`, `audit verify`: the administrator's security chores.
 
 `user create NAME [--group G]...` issues a client certificate from the cluster CA (user NAME,
 one organization per group, as Kubernetes reads certificates) and writes a kubeconfig for it,
@@ -6,14 +6,23 @@ pointing at the server the data dir's admin kubeconfig points at. The new user c
 until a RoleBinding or ClusterRoleBinding names it or one of its groups, except find out so
 (`nexus auth whoami`, `nexus auth can-i`).
 
+`token create [--ttl 24h] [--description TEXT] [--group G]... --data-dir D` makes a bootstrap
+token (a core v1 Secret in kube-system, see `hypermesh.pki.bootstraptoken`) through the API
+server of D's admin kubeconfig, and prints it and the command that joins a node with it, CA hash
+included; `token list` shows the tokens (ids only: a secret is shown once, when it is made) and
+`token delete ID|TOKEN...` revokes them.
+
 `audit verify FILE` checks an audit log's hash chain and names the first line that breaks it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime
 import sys
 from pathlib import Path
+from typing import Any
 
 RESERVED_GROUPS = ("system:masters", "system:nodes")
 
@@ -29,6 +38,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     q.add_argument("--output", type=Path, default=None, help="where to write the kubeconfig (default: ./NAME.kubeconfig)")
     q.add_argument("--days", type=int, default=365, help="how long the certificate is valid (default 365)")
     q.add_argument("--allow-reserved-groups", action="store_true", help=f"allow {', '.join(RESERVED_GROUPS)} (full or node powers) and system: user names")
+
+    p = sub.add_parser("token", help="bootstrap tokens: how new nodes join (hypermesh agent --server --token --ca-hash)")
+    token_sub = p.add_subparsers(dest="token_command", required=True)
+    q = token_sub.add_parser("create", help="make a bootstrap token and print it with the join command")
+    q.add_argument("--data-dir", required=True, type=Path, help="the server's data dir (its admin.kubeconfig reaches the server)")
+    q.add_argument("--ttl", default="24h", help="how long the token can be used to join: 24h, 90m, 30s (0: forever; not advised)")
+    q.add_argument("--description", default="", help="what the token is for, shown by `token list`")
+    q.add_argument("--group", action="append", default=[], metavar="G", help="an extra group, system:bootstrappers:<name> (repeatable)")
+    q = token_sub.add_parser("list", help="the bootstrap tokens, by id")
+    q.add_argument("--data-dir", required=True, type=Path)
+    q = token_sub.add_parser("delete", help="revoke bootstrap tokens (by id or whole token)")
+    q.add_argument("tokens", nargs="+", metavar="ID|TOKEN")
+    q.add_argument("--data-dir", required=True, type=Path)
 
     p = sub.add_parser("audit", help="the audit log")
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
@@ -92,3 +114,132 @@ def run_audit(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.file}: {lines} lines, chain intact")
     return 0
+
+
+def run_token(args: argparse.Namespace) -> int:
+    """`hypermesh token create|list|delete`."""
+    from hypermesh.client.config import ConfigError, load_config
+    from hypermesh.client.errors import ClientError
+
+    command = f"hypermesh token {args.token_command}"
+    try:
+        config = load_config(str(args.data_dir / "admin.kubeconfig"))
+    except ConfigError as exc:
+        print(f"{command}: cannot reach the cluster of {args.data_dir}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.token_command == "create":
+            return asyncio.run(_token_create(args, config, command))
+        if args.token_command == "list":
+            return asyncio.run(_token_list(config))
+        return asyncio.run(_token_delete(args, config, command))
+    except (ClientError, ValueError) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _secrets() -> Any:
+    from hypermesh.client.resources import Resource
+
+    return Resource(group="", version="v1", kind="Secret", plural="secrets", singular="secret", namespaced=True)
+
+
+async def _token_create(args: argparse.Namespace, config: Any, command: str) -> int:
+    from cryptography import x509
+
+    from hypermesh.client.aio import AsyncClient
+    from hypermesh.client.errors import ApiError
+    from hypermesh.pki import bootstraptoken, csr, renewal
+
+    problems = []
+    ttl: datetime.timedelta | None = None
+    if args.ttl.strip() not in ("0", "0s"):
+        try:
+            ttl = renewal.parse_duration(args.ttl.strip())
+        except ValueError as exc:
+            problems.append(f"--ttl: {exc}")
+    problems += [f"--group {g}: must match {bootstraptoken.EXTRA_GROUP.pattern}" for g in args.group if not bootstraptoken.EXTRA_GROUP.match(g)]
+    if problems:
+        for problem in problems:
+            print(f"{command}: {problem}", file=sys.stderr)
+        return 2
+    ca_hash = csr.spki_hash(x509.load_pem_x509_certificate(config.ca_pem))
+    expires = datetime.datetime.now(datetime.UTC) + ttl if ttl is not None else None
+    client = AsyncClient.from_config(config)
+    try:
+        for _ in range(5):
+            token = bootstraptoken.BootstrapToken.generate()
+            manifest = bootstraptoken.secret_manifest(token, expires=expires, description=args.description, extra_groups=tuple(args.group))
+            try:
+                await client.create(_secrets(), manifest, field_manager="hypermesh-token")
+            except ApiError as exc:
+                if exc.reason == "AlreadyExists":
+                    continue  # an id taken already: draw another
+                raise
+            break
+        else:
+            raise ValueError("five fresh token ids were all taken; try again")
+    finally:
+        await client.aclose()
+    print(token)
+    print(f"hypermesh agent --server {config.server} --token {token} --ca-hash {ca_hash}")
+    until = f"until {bootstraptoken.format_time(expires)}" if expires else "forever (delete it with `hypermesh token delete` when done)"
+    print(f"# the token joins nodes {until}", file=sys.stderr)
+    return 0
+
+
+async def _token_list(config: Any) -> int:
+    from hypermesh.client.aio import AsyncClient
+    from hypermesh.pki import bootstraptoken, renewal
+
+    client = AsyncClient.from_config(config)
+    try:
+        found = await client.list(_secrets(), bootstraptoken.NAMESPACE, field_selector=f"type={bootstraptoken.SECRET_TYPE}")
+    finally:
+        await client.aclose()
+    now = datetime.datetime.now(datetime.UTC)
+    rows = [("TOKEN-ID", "TTL", "EXPIRES", "USAGES", "DESCRIPTION", "EXTRA GROUPS")]
+    for secret in found.get("items") or []:
+        stored = bootstraptoken.from_secret(secret)
+        if stored is None:
+            continue
+        if stored.problem:
+            ttl = "<invalid>"
+        elif stored.expires is None:
+            ttl = "<forever>"
+        elif stored.expired(now):
+            ttl = "<expired>"
+        else:
+            ttl = renewal.format_duration(datetime.timedelta(seconds=int((stored.expires - now).total_seconds())))
+        expires = bootstraptoken.format_time(stored.expires) if stored.expires else "<never>"
+        extra = ",".join(g for g in stored.groups if g != bootstraptoken.GROUP) or "<none>"
+        rows.append((stored.id, ttl, expires, ",".join(stored.usages), stored.description or "<none>", extra))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+async def _token_delete(args: argparse.Namespace, config: Any, command: str) -> int:
+    from hypermesh.client.aio import AsyncClient
+    from hypermesh.client.errors import ApiError
+    from hypermesh.pki import bootstraptoken
+
+    code = 0
+    client = AsyncClient.from_config(config)
+    try:
+        for given in args.tokens:
+            # The id is the part before the dot; a whole token may be given (it is never echoed).
+            token_id = given.split(".", 1)[0]
+            try:
+                await client.delete(_secrets(), bootstraptoken.SECRET_PREFIX + token_id, bootstraptoken.NAMESPACE)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                print(f"{command}: no bootstrap token {token_id}", file=sys.stderr)
+                code = 1
+                continue
+            print(f"bootstrap token {token_id} deleted")
+    finally:
+        await client.aclose()
+    return code

@@ -8,7 +8,10 @@ the server's `Status`, `ClientError` when no answer came), on one of two transpo
 - `from_config`: HTTPS on TCP through asyncio streams, HTTP/1.1 with keep-alive. Up to
   `pool_size` connections are open at once, so a long watch never makes a `get` wait behind it;
   idle connections are kept for the next request. Watches arrive chunked and are decoded as the
-  chunks come.
+  chunks come. `use_client_certificate` swaps the client certificate of a running client (a
+  node agent renewing its own): new connections present the new one at once, idle ones are
+  closed, and those in use (a watch, a request under way) finish on the old one and are not
+  reused, so no request fails and none is sent with the old certificate after the swap.
 - `in_process`: calls the server's ASGI app directly with a fixed identity. No socket and no TLS
   are paid, but the request still goes through the app's authn, authz and admission, which is
   what lets `hypermesh server` run its controllers in process without breaking the layering.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,10 +98,12 @@ async def read_all(response: StreamingResponse) -> bytes:
 class _Connection:
     """One TLS connection; carries one request at a time."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, generation: int = 0) -> None:
         self.reader = reader
         self.writer = writer
         self.reusable = True
+        # Which client credentials it was opened with (see `TcpTransport.use_client_certificate`).
+        self.generation = generation
 
     def close(self) -> None:
         self.reusable = False
@@ -176,31 +182,34 @@ class TcpTransport:
         self._context: ssl.SSLContext | None = None
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(pool_size)
+        self._generation = 0
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._context is None:
-            config = self.config
-            try:
-                context = ssl.create_default_context(
-                    cadata=config.ca_pem.decode("ascii") if config.ca_pem else None
-                )
-                if config.cert_pem and config.key_pem:
-                    with private_pem_files(config) as files:
-                        context.load_cert_chain(str(files.cert), str(files.key))
-            except (ssl.SSLError, ValueError) as exc:
-                raise ClientError(
-                    f"the certificates in {config.source} cannot be loaded ({exc}); re-copy them "
-                    "from the server's admin.kubeconfig"
-                ) from None
-            context.set_alpn_protocols(["http/1.1"])
-            self._context = context
+            self._context = _client_context(self.config)
         return self._context
 
+    def use_client_certificate(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """Present `cert_pem` (with `key_pem`) on every connection opened from now on.
+
+        The new context is built first, so a certificate that cannot be loaded raises
+        ClientError and changes nothing. Idle connections are closed; connections in use finish
+        what they carry and are closed when released."""
+        config = dataclasses.replace(self.config, cert_pem=cert_pem, key_pem=key_pem, token=None)
+        context = _client_context(config)
+        self.config, self._context = config, context
+        self._generation += 1
+        while self._idle:
+            self._idle.pop().close()
+
     async def _connect(self) -> _Connection:
+        # Taken together before the handshake: a swap during it must not mark this connection
+        # as one of the new certificate.
+        generation, context = self._generation, self._ssl_context()
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
-                    self.host, self.port, ssl=self._ssl_context(), server_hostname=self.server_name
+                    self.host, self.port, ssl=context, server_hostname=self.server_name
                 ),
                 self.timeout,
             )
@@ -209,10 +218,10 @@ class TcpTransport:
                 f"cannot reach {self.config.server} ({exc.__class__.__name__}: {exc}); is the "
                 "server running, and is this the right kubeconfig?"
             ) from None
-        return _Connection(reader, writer)
+        return _Connection(reader, writer, generation)
 
     def _release(self, conn: _Connection) -> None:
-        if conn.reusable:
+        if conn.reusable and conn.generation == self._generation:
             self._idle.append(conn)
         else:
             conn.close()
@@ -233,6 +242,8 @@ class TcpTransport:
     ) -> StreamingResponse:
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
         lines += [f"{k}: {v}" for k, v in headers]
+        if self.config.token and not self.config.cert_pem:
+            lines.append(f"Authorization: Bearer {self.config.token}")
         lines.append(f"Content-Length: {len(body)}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         # A kept-alive connection may have been closed by the server while idle; the request
@@ -273,6 +284,28 @@ class TcpTransport:
     async def aclose(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+def _client_context(config: ClusterConfig) -> ssl.SSLContext:
+    """The TLS context for `config`: its CA (or no verification at all when `insecure`) and its
+    client certificate, if any."""
+    try:
+        if config.insecure:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            context = ssl.create_default_context(cadata=config.ca_pem.decode("ascii") if config.ca_pem else None)
+        if config.cert_pem and config.key_pem:
+            with private_pem_files(config) as files:
+                context.load_cert_chain(str(files.cert), str(files.key))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ClientError(
+            f"the certificates in {config.source} cannot be loaded ({exc}); re-copy them "
+            "from the server's admin.kubeconfig"
+        ) from None
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 # -- in process -------------------------------------------------------------------------------
@@ -416,6 +449,14 @@ class AsyncClient:
         server's client certificate by it); None otherwise."""
         value = getattr(self.transport, "ca_pem", None)
         return value if isinstance(value, bytes) else None
+
+    def use_client_certificate(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """Authenticate new connections with this certificate from now on (see the module
+        docstring); ClientError when it cannot be loaded or the transport has no certificates."""
+        swap = getattr(self.transport, "use_client_certificate", None)
+        if swap is None:
+            raise ClientError(f"the client of {self.server} has no certificate to replace")
+        swap(cert_pem, key_pem)
 
     # Raw requests
 

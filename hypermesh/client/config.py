@@ -45,6 +45,12 @@ class ClusterConfig:
     source: Path
     # The name to verify in the server's certificate when it differs from the URL's host.
     tls_server_name: str | None = None
+    # A bearer token (a kubeconfig user's `token`), sent only on connections without a client
+    # certificate; the asyncio client sends it (a joining node's bootstrap token). Never shown.
+    token: str | None = field(default=None, repr=False)
+    # Do not verify the server at all. Never read from a file: only a joining node sets it, to
+    # fetch the cluster CA that it then accepts or refuses by its public key hash.
+    insecure: bool = False
 
 
 # Finding files
@@ -312,6 +318,10 @@ def load_config(kubeconfig: str | None = None, *, context: str | None = None) ->
                 f"{'certificate' if cert_pem else 'key'} but no "
                 f"{'key' if cert_pem else 'certificate'}; both are needed"
             )
+    token = None
+    if user_name:
+        given = merged.users[user_name].body.get("token")
+        token = given if isinstance(given, str) and given else None
     namespace = ctx.body.get("namespace") or "default"
     tls_server_name = cluster.body.get("tls-server-name") or None
     return ClusterConfig(
@@ -325,6 +335,7 @@ def load_config(kubeconfig: str | None = None, *, context: str | None = None) ->
         user=str(user_name),
         source=ctx.source,
         tls_server_name=str(tls_server_name) if tls_server_name else None,
+        token=token,
     )
 
 

@@ -6,7 +6,9 @@ the root key), `signer` (what the Certificate controller issues with), `keys` (a
 `profile` (what a leaf says: names, usages), `names` (checking DNS names, IPs, URIs and SPIFFE
 IDs), `renewal` (renewal time and failure backoff), `bootstrap` (a server's first-start key
 material), `kubeconfig`, `identity` (certificate -> user/groups), `verify` (chain verification
-for TLS stacks that skip it) and `files` (safe key writes).
+for TLS stacks that skip it), `files` (safe key writes), `csr` (certificate signing requests,
+the CA hash a joining node checks, credential ids) and `bootstraptoken` (the tokens nodes join
+with, in kubeadm's format).
 """
 
 from hypermesh.pki.bootstrap import DEFAULT_HOSTS, ServerPKI, ensure_server_pki

@@ -1,8 +1,9 @@
 """The `Signer`: what a controller is given to issue certificates, instead of a CA directory.
 
 The Certificate controller runs inside the server process and signs with the intermediate in
-`<data dir>/pki`; a test hands it a CA made in memory. Both are a `Signer`, so the controller
-never learns where keys live. A directory-backed signer re-reads `intermediate.pem` (and
+`<data dir>/pki`, and so does the csrsigning controller, which signs keys nodes hold (`sign`,
+for a CertificateSigningRequest's public key); a test hands it a CA made in memory. Both are a
+`Signer`, so the controller never learns where keys live. A directory-backed signer re-reads `intermediate.pem` (and
 `ca.crt`) when the files change, so `hypermesh pki rotate-intermediate` takes effect on a
 running server without a restart: the next issuance uses the new intermediate, and the
 controller re-issues every certificate the old one signed (`problem_with` says why).
@@ -112,6 +113,16 @@ class Signer:
             key_pem=keys.to_pem(key),
             ca_pem=ca.cert_pem,
         )
+
+    def sign(self, request: LeafRequest, public_key: keys.PublicKey) -> tuple[x509.Certificate, bytes]:
+        """Sign `request` for a key someone else holds (a CertificateSigningRequest's); returns
+        the certificate and its chain as PEM (the leaf, then the intermediate)."""
+        ca = self.authority()
+        try:
+            certificate = ca.sign(request, public_key)
+        except (ValueError, TypeError) as exc:
+            raise SigningError(str(exc)) from exc
+        return certificate, cert_to_pem(certificate) + ca.chain_pem
 
     def problem_with(self, cert_pem: bytes, key_pem: bytes | None = None) -> str | None:
         """Why a stored chain (and key) is not what this signer would hand out now, or None.

@@ -62,6 +62,7 @@ def test_builtin_types_are_the_served_kinds() -> None:
         ("", "v1", "Secret"),
         ("coordination.k8s.io", "v1", "Lease"),
         ("scheduling.k8s.io", "v1", "PriorityClass"),
+        ("certificates.k8s.io", "v1", "CertificateSigningRequest"),
         ("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
         ("hypermesh.io", "v1", "Node"),
         ("hypermesh.io", "v1", "Workload"),
@@ -76,7 +77,7 @@ def test_builtin_types_are_the_served_kinds() -> None:
         ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"),
     }
     cluster_scoped = {t.kind for t in found.values() if not t.namespaced}
-    assert cluster_scoped == {"Namespace", "CustomResourceDefinition", "Node", "PriorityClass", "ClusterRole", "ClusterRoleBinding"}
+    assert cluster_scoped == {"Namespace", "CustomResourceDefinition", "Node", "PriorityClass", "ClusterRole", "ClusterRoleBinding", "CertificateSigningRequest"}
     without_status = {t.kind for t in found.values() if not t.has_status}
     assert without_status == {"Event", "Secret", "Lease", "PriorityClass", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
     workload = found[("hypermesh.io", "v1", "Workload")]
