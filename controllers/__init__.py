@@ -6,7 +6,7 @@ cascading deletion), `scheduling` (pending Instance -> Node) and `nodes` (heartb
 Ready/Unknown, unreachable taints, eviction; with it `instancegc`, which finishes the deletion
 of Instances whose Node is gone or not Ready), and, in a process that holds the cluster's CA,
 `certificates` (Certificate -> TLS Secret) and `csrsigning` (approves and signs nodes' client
-certificate requests). `build` wires them into
+certificate requests); `gitsync` (a git repository path -> applied objects). `build` wires them into
 operators that share one set of informers, so a process lists and watches each kind once
 however many controllers read it; each operator holds its own Lease, so the concerns can fail
 over independently.
@@ -23,10 +23,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from controllers import certificates, csrsigning, gc, nodes, scheduling, workloads
+from controllers import certificates, csrsigning, gc, gitsync, nodes, scheduling, workloads
 from controllers.certificates import CertificateSettings
 from controllers.csrsigning import CSRSigningSettings
 from controllers.gc import GCSettings
+from controllers.gitsync import GitSyncSettings
 from controllers.kinds import INSTANCES, OwnerIndex
 from controllers.nodes import NodeSettings
 from controllers.scheduling import SchedulerSettings
@@ -56,6 +57,8 @@ class ControllerSettings:
     certificates: CertificateSettings | None = None
     # None: no csrsigning controller (it signs with the intermediate CA too).
     csrsigning: CSRSigningSettings | None = None
+    # None: no GitSync controller. Its data_dir None: the git caches go to a temporary directory.
+    gitsync: GitSyncSettings | None = field(default_factory=GitSyncSettings)
 
 
 def build(client: AsyncClient, settings: ControllerSettings | None = None) -> list[Operator]:
@@ -104,6 +107,11 @@ def build(client: AsyncClient, settings: ControllerSettings | None = None) -> li
         csrsigning_op = operator("csrsigning")
         csrsigning.setup(csrsigning_op, settings.csrsigning)
         operators.append(csrsigning_op)
+    if settings.gitsync is not None:
+        # A sync may wait minutes for a wave's health: a few more workers than the default.
+        gitsync_op = operator("gitsync", concurrency=8)
+        gitsync.setup(gitsync_op, settings.gitsync)
+        operators.append(gitsync_op)
     return operators
 
 

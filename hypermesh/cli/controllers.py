@@ -64,7 +64,11 @@ def start_in_process(app: Any, stop: asyncio.Event, *, pki_dir: Path | None = No
         # Node client certificates live a day (nodes renew them at two thirds); tests use seconds.
         node_duration = renewal.parse_duration(os.environ.get("HYPERMESH_NODE_CERTIFICATE_DURATION", "24h"))
         csrsigning = CSRSigningSettings(signer=signer, max_duration=node_duration)
-    settings = controllers.ControllerSettings(certificates=certificates, csrsigning=csrsigning)
+    from controllers.gitsync import GitSyncSettings
+
+    # Git caches of GitSyncs live beside the state, in <data dir>/gitops (pki_dir is <data dir>/pki).
+    gitsync = GitSyncSettings(data_dir=pki_dir.parent / "gitops" if pki_dir is not None else None)
+    settings = controllers.ControllerSettings(certificates=certificates, csrsigning=csrsigning, gitsync=gitsync)
     return asyncio.get_running_loop().create_task(
         controllers.run_all(client, stop, settings=settings, leader_election=True), name="controllers"
     )

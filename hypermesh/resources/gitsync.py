@@ -2,7 +2,8 @@
 
 The semantics are Flux's Kustomization/GitRepository folded into one kind: fetch `spec.url` at
 `spec.ref` every `spec.interval`, apply the manifests under `spec.path`, prune what disappeared
-(tracked in `status.inventory`), and report the applied revision in `status`.
+(tracked in `status.inventory`), and report the applied revision in `status`. The controller is
+`controllers/gitsync.py`; the mechanism (git, manifests, waves, health) is `hypermesh.gitops`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "GitSyncSpec",
     "GitSyncStatus",
     "InventoryEntry",
+    "ObjectError",
     "ObjectRef",
     "SecretRef",
 ]
@@ -49,7 +51,15 @@ class ObjectRef(Model):
 
 
 class InventoryEntry(ObjectRef):
-    """An object the last sync applied."""
+    """An object the last sync applied, with a hash of the configuration applied to it."""
+
+    digest: str | None = None
+
+
+class ObjectError(ObjectRef):
+    """An object the last sync could not apply, prune or find healthy, and why."""
+
+    message: str
 
 
 class SecretRef(Model):
@@ -64,6 +74,7 @@ class GitSyncSpec(Model):
     timeout: Duration | None = None
     prune: bool = True
     suspend: bool = False
+    wait: bool = False
     target_namespace: Annotated[str, Field(max_length=63)] | None = None
     depends_on: list[CrossNamespaceRef] | None = None
     health_checks: list[ObjectRef] | None = None
@@ -76,7 +87,9 @@ class GitSyncStatus(Model):
     last_applied_revision: str | None = None
     last_attempted_revision: str | None = None
     last_sync_time: datetime.datetime | None = None
+    last_handled_sync_at: str | None = None
     inventory: list[InventoryEntry] | None = None
+    errors: list[ObjectError] | None = None
 
 
 class GitSync(Resource):

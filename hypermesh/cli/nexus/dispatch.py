@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "exec": "exec",
     "image": "image",
     "auth": "auth",
+    "gitops": "gitops",
 }
 
 
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--prune", action="store_true", help="delete objects matching -l that the manifests no longer contain")
     apply.add_argument("-l", "--selector", help="label selector choosing what --prune may delete")
     apply.add_argument("-o", "--output", help="print the applied objects (json|yaml|name)")
+    apply.add_argument("--watch", action="store_true", help="after applying, re-apply on every change of the files until Ctrl-C (with --prune, no -l needed: what the watch applied and the files dropped is deleted)")
 
     delete = command("delete", "Delete objects by kind and name, by label, or from manifests.")
     delete.add_argument("kind", metavar="KIND", nargs="?")
@@ -247,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hypermesh.cli.nexus.commands import auth
 
     auth.add_parsers(sub, common)
+    from hypermesh.cli.nexus.commands import gitops
+
+    gitops.add_parsers(sub, common)
     completion = command("completion", "Print a shell completion script.")
     completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
