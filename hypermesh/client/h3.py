@@ -10,6 +10,16 @@ Session tickets: the server's tickets are saved per server (and per client certi
 `hypermesh.client.tickets`, and the next process offers the stored one, so a new command
 resumes the TLS session (`H3Transport.resumed`) instead of making a full handshake with the
 certificate; the server then gives the connection the identity it verified for the ticket.
+A ticket resumes once, and the resumed connection brings the next one, which replaces it.
+
+0-RTT: the server's tickets allow early data, and a command whose first request is a GET (most
+are: `get`, `describe`, a watch) sends it in the handshake's first flight, answered one round
+trip later instead of two. Writes never go early (`H3Client` holds them until the handshake is
+done). With such a ticket `connect()` has nothing to probe: the server answered over QUIC
+within the ticket's lifetime (an hour at most), so the connection is opened by the first
+request. Should QUIC have stopped working since, that request fails after the connect timeout
+(it cannot fall back to TCP from there) and the ticket is dropped, so the next command probes
+again and falls back as usual.
 
 This module imports aioquic (~170 ms), so `Client` imports it only when HTTP/3 is attempted.
 """
@@ -30,13 +40,20 @@ from hypermesh.client.config import ClusterConfig
 from hypermesh.client.errors import ClientError
 from hypermesh.client.tickets import TicketStore, owner_of
 from hypermesh.client.transports import Endpoint, Headers, private_pem_files
-from hypermesh.transport.h3client import H3Client, H3ConnectionError, H3Error, H3Response
+from hypermesh.transport.h3client import (
+    EARLY_METHODS,
+    H3Client,
+    H3ConnectionError,
+    H3Error,
+    H3Response,
+)
 
 T = TypeVar("T")
 
 # TLS alerts arrive as QUIC CRYPTO_ERROR 0x100 + alert (RFC 9001 section 4.8).
 _CRYPTO_ERROR = 0x100
 _BAD_CERTIFICATE = _CRYPTO_ERROR + 42
+_CERTIFICATE_REVOKED = _CRYPTO_ERROR + 44
 # How long closing may take before we stop waiting for a polite goodbye.
 _CLOSE_TIMEOUT = 2.0
 
@@ -209,11 +226,36 @@ class H3Transport:
         except H3Error:
             return False
 
-    def connect(self) -> None:
-        """Open the QUIC connection now (raises ClientError); `auto` uses this to probe."""
-        self._loop().run(self._connected(), self._outer(self._connect_timeout))
+    @property
+    def early_data_accepted(self) -> bool | None:
+        """Whether the server took this connection's 0-RTT data (False when none was sent;
+        None before the handshake completed)."""
+        client = self._client
+        if client is None:
+            return None
+        try:
+            return client.early_data_accepted
+        except H3Error:
+            return None
 
-    async def _connected(self) -> H3Client:
+    def connect(self) -> None:
+        """Open the QUIC connection now (raises ClientError); `auto` uses this to probe.
+
+        With a stored ticket that allows 0-RTT this does nothing: the first request opens the
+        connection, so that a GET can travel in its first flight (see the module docstring).
+        """
+        if self._client is None and self._early_ticket_stored():
+            return
+        self._loop().run(self._connected(early=False), self._outer(self._connect_timeout))
+
+    def _early_ticket_stored(self) -> bool:
+        tickets = self._tickets
+        if tickets is None:
+            return False
+        ticket = tickets.load(owner_of(self._config.cert_pem))
+        return ticket is not None and ticket.max_early_data_size is not None
+
+    async def _connected(self, *, early: bool) -> H3Client:
         client = self._client
         if client is not None:
             try:
@@ -243,7 +285,7 @@ class H3Transport:
                     functools.partial(tickets.save, owner=owner) if tickets is not None else None
                 ),
             )
-            connecting = asyncio.ensure_future(client.connect())
+            connecting = asyncio.ensure_future(client.connect(early_data=early))
             # H3Client gives up after connect_timeout but then spends up to half a second
             # closing; `auto` must fall back to TCP at once, so stop waiting when the timeout
             # fires and let the closing finish in the background.
@@ -275,7 +317,7 @@ class H3Transport:
     async def _request(
         self, method: str, target: str, headers: Headers, body: bytes | None
     ) -> tuple[int, dict[str, str], bytes]:
-        client = await self._connected()
+        client = await self._connected(early=method in EARLY_METHODS and not body)
         try:
             status, raw, data = await client.request(
                 method,
@@ -287,8 +329,21 @@ class H3Transport:
         except TimeoutError:
             raise self._timed_out() from None
         except H3Error as exc:
+            await self._failed(client)
             raise self.translate(exc) from None
         return status, _decode_headers(raw), data
+
+    async def _failed(self, client: H3Client) -> None:
+        """A request failed: if its connection never got past the handshake (an early one),
+        treat it as a failed connect: drop the connection and the ticket it offered."""
+        if client.confirmed:
+            return
+        if self._client is client:
+            self._client = None
+        with contextlib.suppress(Exception):
+            await client.close()
+        if self._tickets is not None:
+            self._tickets.discard()
 
     def open_stream(self, method: str, target: str, headers: Headers) -> _H3Stream:
         loop = self._loop()
@@ -296,13 +351,14 @@ class H3Transport:
         return _H3Stream(self, loop, response)
 
     async def _open(self, method: str, target: str, headers: Headers) -> H3Response:
-        client = await self._connected()
+        client = await self._connected(early=method in EARLY_METHODS)
         try:
             async with asyncio.timeout(self.timeout):
                 return await client.open(method, target, headers=_encode_headers(headers))
         except TimeoutError:
             raise self._timed_out() from None
         except H3Error as exc:
+            await self._failed(client)
             raise self.translate(exc) from None
 
     def close(self) -> None:
@@ -339,6 +395,11 @@ class H3Transport:
                     f"HTTP/3 to {url}: a certificate was refused ({exc}); check the "
                     f'certificate-authority and the client certificate of user "{self._config.user}" '
                     f"in {source}"
+                )
+            if code == _CERTIFICATE_REVOKED:
+                return ClientError(
+                    f"HTTP/3 to {url}: the client certificate of user "
+                    f'"{self._config.user}" in {source} has been revoked; ask for a new one'
                 )
             if code is not None and _CRYPTO_ERROR <= code < _CRYPTO_ERROR + 0x100:
                 return ClientError(f"TLS with {url} over HTTP/3 failed ({exc}); check {source}")

@@ -1,10 +1,15 @@
 """QUIC session tickets kept between commands, one file per server.
 
-Each `nexus` command is a new process, so resuming a TLS session (a faster handshake: about
-2 ms less than a full one with a client certificate) needs the ticket on disk. The HyperMesh
-listener gives tickets only to clients whose certificate it verified, and a connection resumed
-with one gets that certificate's identity without showing any certificate. A ticket is thus
-as secret as the key: files are 0600 in a 0700 directory (`$HYPERMESH_HOME/quic-tickets/`).
+Each `nexus` command is a new process, so resuming a TLS session (a shorter handshake, and a
+first GET sent as 0-RTT early data: see `bench/quic_bench.py` for what each saves) needs the
+ticket on disk. The HyperMesh listener gives tickets only to clients whose certificate it
+verified, and a connection resumed with one gets that certificate's identity without showing
+any certificate. A ticket is thus as secret as the key: files are 0600 in a 0700 directory
+(`$HYPERMESH_HOME/quic-tickets/`).
+
+Tickets are single-use: the server forgets a ticket once a connection resumed with it, and that
+connection brings the next ticket, which `save` writes over the used one. Two commands that
+start at the same moment read the same ticket; the second one simply makes a full handshake.
 They are stored as JSON rather than pickled, so a file that someone else managed to write can
 at worst fail to parse, never run code.
 

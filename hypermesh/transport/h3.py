@@ -10,29 +10,53 @@ each connection's TLS context right after aioquic creates it:
 1. it sets the internal flag (`tls.Context._request_client_certificate`), so a full handshake
    sends a CertificateRequest;
 2. it verifies the client chain itself, with the cluster CA as the only trust anchor
-   (`hypermesh.pki.verify`, the same checks OpenSSL makes for the TCP listener), as soon as
-   the client's Finished message proves the handshake genuine; a connection whose certificate
-   fails is closed with a TLS bad_certificate error before any request on it reaches the app,
-   and a client that sent no certificate is served with identity None (the app answers 401);
+   (`hypermesh.pki.verify`, the same checks OpenSSL makes for the TCP listener, plus the
+   revocation check), as soon as the client's Finished message proves the handshake genuine; a
+   connection whose certificate fails is closed with a TLS bad_certificate error (a revoked
+   one with certificate_revoked) before any request on it reaches the app, and a client that
+   sent no certificate is served with identity None (the app answers 401);
 3. only then, and only when that verification passed, it sends a session ticket itself (in
    place of aioquic's, which would go to every client, anonymous or not, valid for a day).
    The ticket is 32 random bytes that mean nothing outside this process: the verified
    `Identity` (and certificate) it stands for stays in a bounded in-memory `SessionTicketStore`
-   for the ticket's lifetime, one hour, or less when the certificate expires sooner. Tickets
-   never allow 0-RTT (no early_data in them, so aioquic clients never send any);
+   for the ticket's lifetime, one hour, or less when the certificate expires sooner;
 4. when a client offers a ticket, the store is the `get_session_ticket_cb`: an unknown, expired,
-   forged or foreign ticket (another server process, a restarted one) is simply not found, and
-   the handshake is a full one, certificate request included. A known ticket whose PSK binder
-   checks out resumes: aioquic already leaves the CertificateRequest out of a PSK handshake,
-   and the hook then stops it from waiting for a certificate (state SERVER_EXPECT_FINISHED
-   instead of SERVER_EXPECT_CERTIFICATE). The connection gets the ticket's Identity, and is
-   issued no further ticket, so a session lives at most one hour past its last full handshake;
-5. as defence in depth, a connection that reports early data, or resumption without a ticket
-   of ours, is closed, and so is one that sends stream data before the handshake completed.
+   used, revoked, forged or foreign ticket (another server process, a restarted one) is simply
+   not found, and the handshake is a full one, certificate request included. A known ticket
+   whose PSK binder checks out resumes: aioquic already leaves the CertificateRequest out of a
+   PSK handshake, and the hook then stops it from waiting for a certificate (state
+   SERVER_EXPECT_FINISHED instead of SERVER_EXPECT_CERTIFICATE). The connection gets the
+   ticket's Identity. Tickets are single-use: resuming consumes the ticket, and the resumed
+   connection is issued a successor for the same identity that expires when the consumed one
+   would have, so a session still lives at most one hour past its last full handshake.
 
-Revocation: tickets live in memory only, so a restart forgets them all, and
-`SessionTicketStore.forget` (through `serve_h3(tickets=...)` or `_H3Service.forget_tickets`)
-drops those of one identity or user, so their next connection must present a certificate.
+0-RTT (early data). Tickets allow it, for reads only. A client resuming with a ticket may send
+requests in its first flight, before the handshake completes; the listener accepts that early
+data only on a resumption with a valid ticket of ours, and serves from it only GET and HEAD
+requests without a body (RFC 8470's "safe" requests), as the ticket's identity, with an
+`early-data: 1` header added so the app knows. Any other request that arrives before the
+handshake completes is answered 425 Too Early without reaching the app; clients retry it once
+the handshake is done (`hypermesh.transport.h3client` does). Early data can be replayed by
+anyone who captured it; what makes that harmless here:
+- only reads run early, and a read's answer is encrypted for the original client alone;
+- the ticket is consumed by the first handshake that uses it (after its PSK binder checked
+  out), so a replayed first flight finds no ticket, becomes a full handshake that the attacker
+  cannot finish, and its early data is never decrypted: each ticket's early data runs at most
+  once in this process; tickets die with the process, so there is no other process to replay
+  them to;
+- what remains is what RFC 8446 section 8 leaves to every server: a replay that races the
+  original and wins instead of it, which still runs the request once.
+A watch is a GET too, and may start early: replaying one would only cost the server a stream
+whose events the attacker cannot read.
+
+Revocation: `revoked(serial) -> bool` (given to `serve_h3` or to the `SessionTicketStore`) is
+consulted at every full handshake (a revoked certificate is refused), at every resumption (a
+revoked certificate's ticket is dropped, and its holder must present the certificate, which is
+then refused) and at every request (a connection whose certificate was revoked since it was
+verified is closed). `SessionTicketStore.revoke(serials)` adds serials to the store's own set,
+drops their tickets and closes the connections they hold at once (a watch ends then, not at
+its connection's next request); `SessionTicketStore.forget` drops the tickets of one identity
+or user. Tickets live in memory only, so a restart forgets them all.
 
 Requests map to ASGI the usual way: response body chunks become DATA frames as the app sends
 them (watches stream for minutes), the stream ends on `more_body=False`, and a client reset,
@@ -42,12 +66,14 @@ STOP_SENDING or a lost connection reaches the app as `http.disconnect`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
 import secrets
 import urllib.parse
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +93,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from hypermesh.pki.identity import Identity
-from hypermesh.pki.verify import CertificateRejected, ClientCertificateVerifier
+from hypermesh.pki.verify import (
+    CertificateRejected,
+    CertificateRevoked,
+    ClientCertificateVerifier,
+    RevocationCheck,
+)
 from hypermesh.transport import sockets
 from hypermesh.transport.asgi import (
     IDENTITY_SCOPE_KEY,
@@ -99,11 +130,19 @@ TICKET_LIFETIME = 3600.0
 MAX_TICKETS = 10_000
 # Tickets remembered per client certificate (a CLI keeps only its newest one anyway).
 MAX_TICKETS_PER_CERTIFICATE = 8
+# What a ticket allowing 0-RTT says: aioquic's clients send early data only for this value.
+MAX_EARLY_DATA = 0xFFFFFFFF
+# Requests that may run from 0-RTT data: safe methods (RFC 9110 9.2.1) whose replay reads only.
+EARLY_METHODS = frozenset((b"GET", b"HEAD"))
 
 
-def _bad_certificate_code() -> int:
+def _alert_code(alert: AlertDescription) -> int:
     # TLS alerts travel as QUIC CRYPTO_ERROR 0x100 + alert (RFC 9001 section 4.8).
-    return int(QuicErrorCode.CRYPTO_ERROR) + int(AlertDescription.bad_certificate)
+    return int(QuicErrorCode.CRYPTO_ERROR) + int(alert)
+
+
+BAD_CERTIFICATE = _alert_code(AlertDescription.bad_certificate)
+CERTIFICATE_REVOKED = _alert_code(AlertDescription.certificate_revoked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +156,25 @@ class _TicketRecord:
     fingerprint: bytes
     expires: float
 
+    @property
+    def serial(self) -> int:
+        return int(self.certificate.serial_number)
+
+    @property
+    def early_data(self) -> bool:
+        """Whether the ticket lets its holder send 0-RTT data."""
+        return self.session_ticket.max_early_data_size is not None
+
 
 class SessionTicketStore:
     """The session tickets one listener issued, in memory, each with its verified identity.
 
-    Only this process can resume with them: a restart (or another server) knows none, and
-    `forget` drops those of an identity, so its next connection shows a certificate again.
+    Only this process can resume with them: a restart (or another server) knows none. A ticket
+    is used once (`take`); `forget` drops those of an identity and `revoke` those of revoked
+    certificates, so their next connection shows a certificate again. `revoked(serial)`, when
+    given, is asked at every lookup as well, so a ticket of a certificate revoked elsewhere is
+    never resumed even if `revoke` was not called.
+
     The store is bounded twice: `max_tickets` in all (the oldest go first) and
     `max_per_certificate`, so one client making full handshakes in a loop (a script that never
     keeps its tickets) cannot push everyone else's out. A ticket lost either way costs its
@@ -135,10 +187,19 @@ class SessionTicketStore:
         lifetime: float = TICKET_LIFETIME,
         max_tickets: int = MAX_TICKETS,
         max_per_certificate: int = MAX_TICKETS_PER_CERTIFICATE,
+        early_data: bool = True,
+        revoked: RevocationCheck | None = None,
     ) -> None:
         self.lifetime = lifetime
         self.max_tickets = max_tickets
         self.max_per_certificate = max_per_certificate
+        # Whether new tickets allow 0-RTT requests (see the module docstring).
+        self.early_data = early_data
+        # The revocation list's owner's answer for a serial; see `is_revoked`.
+        self.revoked = revoked
+        self._revoked_serials: set[int] = set()
+        # Told the serials `revoke` was given (the listener closes their connections).
+        self._revoke_listeners: list[Callable[[frozenset[int]], None]] = []
         self._records: OrderedDict[bytes, _TicketRecord] = OrderedDict()
         self._by_certificate: dict[bytes, deque[bytes]] = {}
 
@@ -149,6 +210,14 @@ class SessionTicketStore:
         """Seconds a ticket for `certificate` may live: the lifetime, capped by notAfter."""
         remaining = certificate.not_valid_after_utc.timestamp() - now
         return int(max(0.0, min(self.lifetime, remaining)))
+
+    def is_revoked(self, serial: int | None) -> bool:
+        """Whether certificate `serial` was revoked (through `revoke` or the `revoked` check)."""
+        if serial is None:
+            return False
+        if serial in self._revoked_serials:
+            return True
+        return self.revoked is not None and self.revoked(serial)
 
     def add(
         self,
@@ -173,29 +242,52 @@ class SessionTicketStore:
         self._by_certificate.setdefault(fingerprint, deque()).append(ticket)
 
     def lookup(self, ticket: bytes) -> _TicketRecord | None:
-        """The record of a ticket we issued and that is still valid, else None."""
+        """The record of a ticket we issued, still valid and not revoked, else None."""
         record = self._records.get(ticket)
         if record is None:
             return None
-        if time_now() >= record.expires:
+        if time_now() >= record.expires or self.is_revoked(record.serial):
             self._remove(ticket)
             return None
         return record
 
+    def take(self, ticket: bytes) -> _TicketRecord | None:
+        """Like `lookup`, and the ticket is used up: it will never be found again."""
+        record = self.lookup(ticket)
+        if record is not None:
+            self._remove(ticket)
+        return record
+
     def forget(self, who: Identity | str) -> int:
         """Drop the tickets of an identity (or of every identity of a user name); how many."""
-        doomed = [
-            ticket
-            for ticket, record in self._records.items()
-            if (record.identity.user == who if isinstance(who, str) else record.identity == who)
-        ]
-        for ticket in doomed:
-            self._remove(ticket)
-        return len(doomed)
+        return self._drop(
+            lambda record: (
+                record.identity.user == who if isinstance(who, str) else record.identity == who
+            )
+        )
+
+    def revoke(self, serials: Iterable[int]) -> int:
+        """Treat these certificate serials as revoked from now on; drop their tickets (how many).
+
+        The listener then refuses those certificates at full handshakes and their tickets at
+        resumption, and closes the connections they hold now (ending their watches).
+        """
+        revoked = frozenset(int(serial) for serial in serials)
+        self._revoked_serials.update(revoked)
+        dropped = self._drop(lambda record: record.serial in self._revoked_serials)
+        for listener in self._revoke_listeners:
+            listener(revoked)
+        return dropped
 
     def clear(self) -> None:
         self._records.clear()
         self._by_certificate.clear()
+
+    def _drop(self, doomed: Callable[[_TicketRecord], bool]) -> int:
+        tickets = [ticket for ticket, record in self._records.items() if doomed(record)]
+        for ticket in tickets:
+            self._remove(ticket)
+        return len(tickets)
 
     def _remove(self, ticket: bytes) -> None:
         record = self._records.pop(ticket, None)
@@ -358,6 +450,7 @@ class _H3Service:
         self.protocols: set[_H3ServerProtocol] = set()
         self.closing = False
         self.server_address: tuple[str, int] | None = None
+        self.tickets._revoke_listeners.append(self.close_revoked)
 
     def create_protocol(self, quic: QuicConnection, **kwargs: Any) -> _H3ServerProtocol:
         protocol = _H3ServerProtocol(quic, service=self, **kwargs)
@@ -367,6 +460,16 @@ class _H3Service:
     def forget_tickets(self, who: Identity | str) -> int:
         """Revoke resumption for an identity (or user name): its next connection is a full one."""
         return self.tickets.forget(who)
+
+    def close_revoked(self, serials: frozenset[int]) -> None:
+        """Close the connections whose client certificate has one of these serials."""
+        for protocol in list(self.protocols):
+            protocol.close_if_revoked(serials)
+
+    def detach(self) -> None:
+        """Stop listening to the ticket store (it may outlive this listener)."""
+        with contextlib.suppress(ValueError):
+            self.tickets._revoke_listeners.remove(self.close_revoked)
 
 
 class _H3ServerProtocol(QuicConnectionProtocol):
@@ -383,8 +486,14 @@ class _H3ServerProtocol(QuicConnectionProtocol):
         self._send_waiters: list[asyncio.Future[None]] = []
         # The outcome of verifying the client certificate, once the client's Finished came.
         self._verified: Identity | CertificateRejected | None = None
-        # The ticket this connection resumes with (offered by the client and found by us).
+        # The ticket this connection resumes with (offered by the client and found by us);
+        # used up as soon as its PSK binder checked out.
         self._resumption: _TicketRecord | None = None
+        # Set once the client's Finished came and `_accept` let the connection in; until then
+        # only a resumption whose early data we accepted serves (safe) requests.
+        self._handshake_complete = False
+        # Request streams answered 425 Too Early: what else arrives on them is ignored.
+        self._too_early: set[int] = set()
         self._hook_tls(quic)
 
     def _hook_tls(self, quic: QuicConnection) -> None:
@@ -401,20 +510,45 @@ class _H3ServerProtocol(QuicConnectionProtocol):
             tls.get_session_ticket_cb = self._fetch_ticket
             handle_hello = tls._server_handle_hello
             handle_finished = tls._server_handle_finished
+            update_traffic_key = tls.update_traffic_key_cb
 
             def server_handle_hello(
                 input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer
             ) -> None:
                 handle_hello(input_buf, initial_buf, handshake_buf)
-                if not tls.session_resumed:
+                record = self._resumption
+                if not tls.session_resumed or record is None:
                     # A ticket we know but aioquic did not take (another cipher suite).
                     self._resumption = None
-                elif tls.state == quic_tls.State.SERVER_EXPECT_CERTIFICATE:
+                    return
+                # The PSK binder checked out (aioquic raises otherwise): the ticket is spent,
+                # so a replay of this ClientHello (and of its early data) finds nothing.
+                self._service.tickets.take(record.session_ticket.ticket)
+                if tls.state == quic_tls.State.SERVER_EXPECT_CERTIFICATE:
                     # A PSK handshake sent no CertificateRequest, so no certificate is coming;
                     # aioquic would wait for one anyway. Expect the client's Finished instead,
                     # exactly as aioquic does when it requested nothing.
                     tls._request_client_certificate = False
                     tls._server_expect_finished()
+
+            def server_update_traffic_key(
+                direction: quic_tls.Direction,
+                epoch: quic_tls.Epoch,
+                cipher_suite: quic_tls.CipherSuite,
+                secret: bytes,
+            ) -> None:
+                if (
+                    epoch == quic_tls.Epoch.ZERO_RTT
+                    and direction == quic_tls.Direction.DECRYPT
+                    and not self._early_data_allowed()
+                ):
+                    # aioquic accepts any early data offered with a ticket it resumes. Refuse
+                    # it here, before EncryptedExtensions is written: without the key the
+                    # early packets are dropped, and the client sends again after the
+                    # handshake (RFC 9001 section 4.6.2).
+                    tls.early_data_accepted = False
+                    return
+                update_traffic_key(direction, epoch, cipher_suite, secret)
 
             def server_handle_finished(input_buf: Buffer, output_buf: Buffer) -> None:
                 handle_finished(input_buf, output_buf)
@@ -428,29 +562,45 @@ class _H3ServerProtocol(QuicConnectionProtocol):
 
             tls._server_handle_hello = server_handle_hello  # type: ignore[method-assign]
             tls._server_handle_finished = server_handle_finished  # type: ignore[method-assign]
+            tls.update_traffic_key_cb = server_update_traffic_key
 
         quic._initialize = initialize_hooked  # type: ignore[method-assign]
 
     def _fetch_ticket(self, ticket: bytes) -> quic_tls.SessionTicket | None:
-        """aioquic's ticket lookup: only our own, unexpired tickets resume."""
+        """aioquic's ticket lookup: only our own unexpired, unused, unrevoked tickets resume."""
         record = self._service.tickets.lookup(ticket)
         self._resumption = record
         return record.session_ticket if record is not None else None
 
+    def _early_data_allowed(self) -> bool:
+        """Accept 0-RTT data? Only on a resumption of a ticket that allows it (checked when
+        the ticket's binder has already passed, so the record is genuinely the client's)."""
+        record = self._resumption
+        return record is not None and record.early_data and not self._service.closing
+
     def _issue_ticket(self, tls: quic_tls.Context, output_buf: Buffer) -> None:
-        if tls.session_resumed:
-            # The session's identity was proven at its full handshake; it is not extended.
-            return
-        cert = tls._peer_certificate
-        if cert is None:
-            return
-        identity = self._verified = self._verify(cert, tls._peer_certificate_chain)
-        if isinstance(identity, CertificateRejected):
-            return
         if tls._psk_key_exchange_mode is None or self._service.closing:
             return
+        tickets = self._service.tickets
         now = time_now()
-        lifetime = self._service.tickets.lifetime_for(cert, now)
+        if tls.session_resumed:
+            # A successor for the ticket this connection used up: the same identity, proven
+            # at the session's full handshake, and the same end, so the session is not extended.
+            record = self._resumption
+            if record is None or tickets.is_revoked(record.serial):
+                return
+            identity, cert, expires = record.identity, record.certificate, record.expires
+            lifetime = int(expires - now)
+        else:
+            peer = tls._peer_certificate
+            if peer is None:
+                return
+            verified = self._verified = self._verify(peer, tls._peer_certificate_chain)
+            if isinstance(verified, CertificateRejected):
+                return
+            identity, cert = verified, peer
+            lifetime = tickets.lifetime_for(cert, now)
+            expires = now + lifetime
         if lifetime <= 0:
             return
         message = quic_tls.NewSessionTicket(
@@ -458,12 +608,13 @@ class _H3ServerProtocol(QuicConnectionProtocol):
             ticket_age_add=secrets.randbits(32),
             ticket_nonce=b"",
             ticket=secrets.token_bytes(32),
-            # No early_data extension: the client may never send 0-RTT data.
-            max_early_data_size=None,
+            max_early_data_size=MAX_EARLY_DATA if tickets.early_data else None,
         )
-        session_ticket = tls._build_session_ticket(message, [])
+        # The ticket carries our transport parameters: a client may send 0-RTT data only
+        # within the limits it remembers (RFC 9000 section 7.4.1).
+        session_ticket = tls._build_session_ticket(message, tls.handshake_extensions)
         quic_tls.push_new_session_ticket(output_buf, message)
-        self._service.tickets.add(session_ticket, identity, cert, now + lifetime)
+        tickets.add(session_ticket, identity, cert, expires)
 
     # Datagram and QUIC events
 
@@ -486,10 +637,13 @@ class _H3ServerProtocol(QuicConnectionProtocol):
             self._wake_senders()
             return
         if self._h3 is None:
-            if isinstance(event, events.StreamDataReceived):
+            if not isinstance(event, events.StreamDataReceived):
+                return
+            if self._handshake_complete or not self._start_early():
                 # Application data before the certificate was checked: never serve it.
                 self._reject("stream data before the handshake completed")
-            return
+                return
+        assert self._h3 is not None
         for h3_event in self._h3.handle_event(event):
             self._http_event_received(h3_event)
         if isinstance(event, events.StreamReset | events.StopSendingReceived):
@@ -498,23 +652,36 @@ class _H3ServerProtocol(QuicConnectionProtocol):
                 abandoned.disconnect()
                 self._wake_senders()
 
+    def _start_early(self) -> bool:
+        """Serve 0-RTT data (before the handshake completes) if we accepted it; whether we do."""
+        record = self._resumption
+        if record is None or not self._quic.tls.early_data_accepted:
+            return False
+        self._identity = record.identity
+        self._tls = tls_extension(record.certificate, TLS_VERSIONS["TLSv1.3"])
+        self._h3 = H3Connection(self._quic)
+        return True
+
     def _accept(self, event: events.HandshakeCompleted) -> None:
-        """Settle who the client is; start HTTP/3 only if its certificate passed (or is absent)."""
-        if event.early_data_accepted:
-            # Tickets never allow early data; a client that sends it anyway is not served.
-            self._reject("early data is not accepted")
-            return
+        """Settle who the client is; serve HTTP/3 only if its certificate passed (or is absent)."""
         tls = self._quic.tls
         cert: x509.Certificate | None
         if event.session_resumed:
             record = self._resumption
-            if record is None or self._service.tickets.lookup(record.session_ticket.ticket) is None:
-                # Not a ticket of ours (or revoked meanwhile): nothing vouches for the client.
+            if record is None:
+                # Not a ticket of ours: nothing vouches for the client.
                 self._reject("session resumption without a valid ticket")
+                return
+            if self._service.tickets.is_revoked(record.serial):
+                self._reject("certificate revoked", code=CERTIFICATE_REVOKED)
                 return
             self._identity = record.identity
             cert = record.certificate
         else:
+            if event.early_data_accepted:
+                # Early data is only ever accepted with a ticket (see `_early_data_allowed`).
+                self._reject("early data without resumption")
+                return
             cert = tls._peer_certificate
             if cert is not None:
                 verified = self._verified
@@ -522,11 +689,15 @@ class _H3ServerProtocol(QuicConnectionProtocol):
                     verified = self._verify(cert, tls._peer_certificate_chain)
                 if isinstance(verified, CertificateRejected):
                     logger.info("HTTP/3 client %s rejected: %s", self._client, verified)
-                    self._reject(str(verified), code=_bad_certificate_code())
+                    revoked = isinstance(verified, CertificateRevoked)
+                    code = CERTIFICATE_REVOKED if revoked else BAD_CERTIFICATE
+                    self._reject(str(verified), code=code)
                     return
                 self._identity = verified
+        self._handshake_complete = True
         self._tls = tls_extension(cert, TLS_VERSIONS["TLSv1.3"])
-        self._h3 = H3Connection(self._quic)
+        if self._h3 is None:
+            self._h3 = H3Connection(self._quic)
 
     def _verify(
         self, cert: x509.Certificate, chain: list[x509.Certificate]
@@ -536,9 +707,18 @@ class _H3ServerProtocol(QuicConnectionProtocol):
         except CertificateRejected as exc:
             return exc
 
+    def close_if_revoked(self, serials: frozenset[int]) -> None:
+        """Close this connection if its client's certificate serial is among `serials`."""
+        identity = self._identity
+        if identity is not None and identity.serial in serials:
+            self._reject("certificate revoked", code=CERTIFICATE_REVOKED)
+
     def _reject(self, reason: str, code: int = QuicErrorCode.PROTOCOL_VIOLATION) -> None:
         self._h3 = None
         self._quic.close(error_code=code, reason_phrase=reason)
+        # The app's running requests (watches) end now, not when the close has drained.
+        for cycle in list(self._requests.values()):
+            cycle.disconnect()
         self._transmit_soon()
 
     def _http_event_received(self, event: H3Event) -> None:
@@ -551,12 +731,17 @@ class _H3ServerProtocol(QuicConnectionProtocol):
             if cycle is not None:
                 # Trailers: nothing in the API uses them, but they may end the body.
                 cycle.feed(b"", event.stream_ended)
-            else:
+            elif event.stream_id not in self._too_early:
                 self._start_request(event)
 
     def _start_request(self, event: HeadersReceived) -> None:
         if self._service.closing:
             self.abort_stream(event.stream_id, ErrorCode.H3_REQUEST_REJECTED)
+            return
+        identity = self._identity
+        if identity is not None and self._service.tickets.is_revoked(identity.serial):
+            # Revoked since the handshake: the connection goes, as a new one would be refused.
+            self._reject("certificate revoked", code=CERTIFICATE_REVOKED)
             return
         method = b"GET"
         raw_path = b"/"
@@ -571,6 +756,12 @@ class _H3ServerProtocol(QuicConnectionProtocol):
                 authority = value
             elif not name.startswith(b":"):
                 headers.append((name, value))
+        if not self._handshake_complete:
+            # 0-RTT: only a bodiless read may run before the handshake proves the client live.
+            if method not in EARLY_METHODS or not event.stream_ended:
+                self._answer_too_early(event.stream_id, event.stream_ended)
+                return
+            headers.append((b"early-data", b"1"))
         if authority:
             # ASGI apps look for the host header; HTTP/3 carries it as :authority.
             headers.insert(0, (b"host", authority))
@@ -589,7 +780,7 @@ class _H3ServerProtocol(QuicConnectionProtocol):
             "headers": headers,
             "client": self._client,
             "server": self._service.server_address,
-            IDENTITY_SCOPE_KEY: self._identity,
+            IDENTITY_SCOPE_KEY: identity,
             "extensions": {"tls": self._tls},
         }
         cycle = _RequestCycle(self, event.stream_id, scope)
@@ -599,6 +790,19 @@ class _H3ServerProtocol(QuicConnectionProtocol):
         task = asyncio.get_running_loop().create_task(cycle.run(self._service.app))
         self._service.tasks.add(task)
         task.add_done_callback(self._service.tasks.discard)
+
+    def _answer_too_early(self, stream_id: int, stream_ended: bool) -> None:
+        """425 Too Early (RFC 8470): the client sends the request again after the handshake."""
+        assert self._h3 is not None
+        self._too_early.add(stream_id)
+        self._h3.send_headers(
+            stream_id, [(b":status", b"425"), (b"content-length", b"0")], end_stream=True
+        )
+        if not stream_ended:
+            # The body will not be read: tell the client to stop sending it.
+            with contextlib.suppress(ValueError, AssertionError):
+                self._quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
+        self._transmit_soon()
 
     # Called by request cycles
 
@@ -672,6 +876,7 @@ async def serve_h3(
     graceful_timeout: float = 5.0,
     idle_timeout: float = 60.0,
     tickets: SessionTicketStore | None = None,
+    revoked: RevocationCheck | None = None,
 ) -> None:
     """Serve `app` over HTTP/3 on UDP `host:port` until `shutdown` is set (or cancellation).
 
@@ -680,10 +885,19 @@ async def serve_h3(
     closed. Clients must present a certificate from `cafile`'s CA or none at all.
     Session tickets go to verified clients only and are remembered in `tickets` (a fresh
     store by default); `tickets.forget(identity)` revokes resumption for an identity.
+
+    `revoked(serial) -> bool`, when given, becomes the store's revocation check (replacing
+    any it had): it is asked at every full handshake, resumption and request, and must be
+    cheap (a set lookup). `tickets.revoke(serials)` is the other way in, for a caller that
+    pushes changes rather than answering questions.
     """
     loop = asyncio.get_running_loop()
     configuration = server_quic_configuration(certfile, keyfile, idle_timeout=idle_timeout)
-    service = _H3Service(app, ClientCertificateVerifier(Path(cafile).read_bytes()), tickets)
+    store = tickets if tickets is not None else SessionTicketStore()
+    if revoked is not None:
+        store.revoked = revoked
+    verifier = ClientCertificateVerifier(Path(cafile).read_bytes(), revoked=store.is_revoked)
+    service = _H3Service(app, verifier, store)
     sock = sockets.udp_listener(host, port)
     sockname = sock.getsockname()
     service.server_address = (str(sockname[0]), int(sockname[1]))
@@ -710,6 +924,7 @@ async def serve_h3(
             task.cancel()
         if graceful and service.tasks:
             await asyncio.wait(set(service.tasks), timeout=1.0)
+        service.detach()
         for protocol in list(service.protocols):
             protocol.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="server shutting down")
         server.close()

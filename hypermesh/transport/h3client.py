@@ -12,7 +12,17 @@ Session resumption: pass `on_session_ticket` to collect the tickets a server iss
 server took it. The HyperMesh listener issues tickets only to clients whose certificate it
 verified, and a resumed connection keeps that certificate's identity (see
 `hypermesh.transport.h3`): the ticket is as good as the certificate's key, so keep it as
-secret. Its tickets never allow 0-RTT, so requests are sent only once the handshake is done.
+secret. Each ticket resumes once; the resumed connection brings its successor (through
+`on_session_ticket` again), so keep the newest.
+
+0-RTT: `connect(early_data=True)` with a ticket that allows early data returns as soon as the
+first flight is sent. GET and HEAD requests without a body made before the handshake completes
+then travel in that flight (a resumed `GET /version` costs one round trip instead of two);
+every other request waits for the server to confirm the handshake, as after a plain
+`connect()`. Early requests are repeated, on a new stream, when the server refuses the early
+data (an unknown or used ticket: a full handshake) or answers 425 Too Early (RFC 8470), so
+callers only ever see the real answer. A handshake that fails or stalls then shows up in the
+first request, not in `connect()`, and still within `connect_timeout`.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.tls import SessionTicket
+from aioquic.tls import Epoch, Group, SessionTicket
 
 PathLike = str | os.PathLike[str]
 Headers = list[tuple[bytes, bytes]]
@@ -40,6 +50,15 @@ USER_AGENT = b"hypermesh-h3client"
 # Datagrams drained per wake-up before other callbacks (timers, the caller's tasks) get a turn.
 _READ_BATCH = 64
 _MAX_DATAGRAM = 65536
+# Requests that may go as 0-RTT early data: reads whose replay changes nothing (RFC 8470).
+EARLY_METHODS = frozenset(("GET", "HEAD"))
+TOO_EARLY = 425
+# How long `close` waits for an unconfirmed handshake to bring the next session ticket.
+_TICKET_GRACE = 0.25
+# The key exchange groups we offer. aioquic offers four (P-256, P-384, X25519, X448) and makes
+# a key for each in every ClientHello, ~0.6 ms of a new connection; a HyperMesh server (any
+# TLS 1.3 stack) takes X25519, and P-256 stays as a fallback.
+_KEY_SHARE_GROUPS = (Group.X25519, Group.SECP256R1)
 
 
 class H3Error(Exception):
@@ -71,13 +90,19 @@ class H3StatusError(H3Error):
         self.body = body
 
 
+class _EarlyDataRejected(H3Error):
+    """The server did not take the 0-RTT data this request went in: send it again."""
+
+
 class _Exchange:
     """Client-side state of one request stream, filled in by the connection's events."""
 
-    __slots__ = ("chunks", "ended", "error", "headers", "status", "stream_id", "waiter")
+    __slots__ = ("chunks", "early", "ended", "error", "headers", "status", "stream_id", "waiter")
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, early: bool = False) -> None:
         self.stream_id = stream_id
+        # Sent as 0-RTT early data (before the handshake completed).
+        self.early = early
         self.status: int | None = None
         self.headers: Headers = []
         self.chunks: deque[bytes] = deque()
@@ -119,17 +144,35 @@ class _H3ClientProtocol:
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._transmit_handle: asyncio.Handle | None = None
         self._pings: dict[int, asyncio.Future[None]] = {}
         self.h3 = H3Connection(quic)
         self.exchanges: dict[int, _Exchange] = {}
         self.closed_error: H3ConnectionError | None = None
         self.confirmed: asyncio.Future[None] = loop.create_future()
+        # Set when our side of the handshake completes (the server's Finished checked out).
+        self.handshake_complete = False
+        self.early_data_accepted: bool | None = None
         loop.add_reader(sock.fileno(), self._read_ready)
 
-    def connect(self, address: tuple[Any, ...]) -> None:
-        """Start the handshake; `confirmed` resolves once the server has accepted us."""
+    @property
+    def zero_rtt(self) -> bool:
+        """Whether what we send now goes as 0-RTT early data (a ticket allowed it, and the
+        handshake has not completed yet)."""
+        return self._quic._cryptos[Epoch.ZERO_RTT].send.is_valid()
+
+    def connect(self, address: tuple[Any, ...], *, defer: bool = False) -> None:
+        """Start the handshake; `confirmed` resolves once the server has accepted us.
+
+        With `defer`, the first flight leaves at the loop's next turn rather than now, so a
+        request made right after (0-RTT) shares its datagram: the server then reads the
+        ClientHello and the request in one go, and answers both in its first flight.
+        """
         self._quic.connect(address, now=self._loop.time())
-        self.transmit()
+        if defer:
+            self._transmit_handle = self._loop.call_soon(self.transmit)
+        else:
+            self.transmit()
 
     async def ping(self) -> None:
         """Ping the server and wait for its acknowledgement."""
@@ -141,6 +184,9 @@ class _H3ClientProtocol:
 
     def transmit(self) -> None:
         """Send what aioquic has queued and re-arm its timer."""
+        if self._transmit_handle is not None:
+            self._transmit_handle.cancel()
+            self._transmit_handle = None
         for data, address in self._quic.datagrams_to_send(now=self._loop.time()):
             # A full socket buffer or an unreachable network is packet loss to QUIC, which
             # recovers (or times out) on its own, as it would behind an asyncio transport.
@@ -172,11 +218,15 @@ class _H3ClientProtocol:
                 break
             self._quic.receive_datagram(data, address, now=self._loop.time())
         self._process_events()
-        self.transmit()
         # The server confirms the handshake (HANDSHAKE_DONE) only after it has accepted our
         # certificate; aioquic raises no event for it, so look after every read.
         if not self.confirmed.done() and self._quic._handshake_confirmed:
             self.confirmed.set_result(None)
+        # Answer (acknowledgements, our Finished) at the loop's next turn rather than now: the
+        # tasks that what arrived woke up (a caller waiting for its response) run first, which
+        # takes encrypting and sending our answer (~0.5 ms) off a 0-RTT request's latency.
+        if self._transmit_handle is None:
+            self._transmit_handle = self._loop.call_soon(self.transmit)
 
     def _process_events(self) -> None:
         event = self._quic.next_event()
@@ -197,6 +247,15 @@ class _H3ClientProtocol:
             waiter = self._pings.pop(event.uid, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+            return
+        if isinstance(event, events.HandshakeCompleted):
+            self.handshake_complete = True
+            self.early_data_accepted = event.early_data_accepted
+            if not event.early_data_accepted:
+                # The server dropped our 0-RTT packets unread; their requests go again.
+                for exchange in list(self.exchanges.values()):
+                    if exchange.early and exchange.status is None:
+                        exchange.fail(_EarlyDataRejected("the server refused 0-RTT data"))
             return
         for h3_event in self.h3.handle_event(event):
             if isinstance(h3_event, HeadersReceived | DataReceived):
@@ -222,9 +281,10 @@ class _H3ClientProtocol:
             # Nobody may be waiting any more; do not let asyncio log it as never retrieved.
             self.confirmed.exception()
 
-    def shutdown(self) -> None:
-        """Send CONNECTION_CLOSE now, fail what is still open and close the socket."""
-        self._terminated(H3ConnectionError("connection closed by the client"))
+    def shutdown(self, error: H3ConnectionError | None = None) -> None:
+        """Send CONNECTION_CLOSE now, fail what is still open (with `error`) and close the
+        socket."""
+        self._terminated(error or H3ConnectionError("connection closed by the client"))
         self._quic.close()
         self.transmit()
         # aioquic would wake up later only to end the closing period we skip.
@@ -328,6 +388,7 @@ class H3Client:
         self._on_session_ticket = on_session_ticket
         self._protocol: _H3ClientProtocol | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     # Connection lifecycle
 
@@ -353,7 +414,11 @@ class H3Client:
             max_data=32 << 20,
             max_stream_data=8 << 20,
         )
-        configuration.load_verify_locations(cafile=os.fspath(self._cafile))
+        # Read now: the server's certificate is checked later, maybe after `connect()` has
+        # returned (0-RTT), and callers may delete the file as soon as it has (they do when
+        # it held a kubeconfig's embedded CA).
+        with open(self._cafile, "rb") as cafile:
+            configuration.load_verify_locations(cadata=cafile.read())
         if self._certfile is not None:
             configuration.load_cert_chain(
                 os.fspath(self._certfile),
@@ -363,8 +428,13 @@ class H3Client:
             configuration.session_ticket = self._session_ticket
         return configuration
 
-    async def connect(self) -> None:
-        """Open the connection; raise H3ConnectionError if it fails or takes too long."""
+    async def connect(self, *, early_data: bool = False) -> None:
+        """Open the connection; raise H3ConnectionError if it fails or takes too long.
+
+        With `early_data` and a session ticket that allows 0-RTT, return as soon as the first
+        flight is sent: safe requests then go as early data, and a failed handshake shows up
+        in the requests (within `connect_timeout` all the same).
+        """
         if self._protocol is not None:
             raise RuntimeError("H3Client is already connected")
         loop = asyncio.get_running_loop()
@@ -373,6 +443,7 @@ class H3Client:
             configuration=self._configuration(),
             session_ticket_handler=self._on_session_ticket,
         )
+        _offer_fewer_key_shares(quic)
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
@@ -383,21 +454,36 @@ class H3Client:
             raise
         self._protocol = protocol
         try:
-            protocol.connect(address)
-            async with asyncio.timeout(self._connect_timeout):
-                await protocol.confirmed
+            protocol.connect(address, defer=early_data)
+            if early_data and protocol.zero_rtt:
+                self._watchdog = loop.create_task(self._await_confirmation(protocol))
+            else:
+                async with asyncio.timeout(self._connect_timeout):
+                    await protocol.confirmed
         except BaseException as exc:
             error = protocol.closed_error
             await self._teardown()
             if isinstance(exc, TimeoutError):
-                raise H3ConnectionError(
-                    f"HTTP/3 connect to {self._host}:{self._port} timed out"
-                ) from exc
+                raise self._timed_out() from exc
             if isinstance(exc, ConnectionError | H3Error):
                 raise error or H3ConnectionError(f"HTTP/3 connect failed: {exc!r}") from exc
             raise
         if self._keepalive_interval:
             self._keepalive = loop.create_task(self._keep_alive(self._keepalive_interval))
+
+    def _timed_out(self) -> H3ConnectionError:
+        return H3ConnectionError(f"HTTP/3 connect to {self._host}:{self._port} timed out")
+
+    async def _await_confirmation(self, protocol: _H3ClientProtocol) -> None:
+        # An early connect returned before the handshake; hold it to the same deadline.
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await asyncio.shield(protocol.confirmed)
+        except TimeoutError:
+            if protocol is self._protocol:
+                protocol.shutdown(self._timed_out())
+        except (ConnectionError, H3Error):
+            pass  # closed: the requests have the error
 
     async def _keep_alive(self, interval: float) -> None:
         # QUIC closes a connection silent for idle_timeout; a quiet watch must survive that.
@@ -409,13 +495,32 @@ class H3Client:
                     await protocol.ping()
 
     async def close(self) -> None:
-        """Close the connection (idempotent); open streams fail with H3ConnectionError."""
+        """Close the connection (idempotent); open streams fail with H3ConnectionError.
+
+        A connection that resumed with 0-RTT and was answered before its handshake completed
+        would otherwise close before the server's successor ticket arrives (it comes with the
+        handshake's confirmation, one round trip later), and the next connection could not
+        resume: wait for that, briefly, when someone collects tickets.
+        """
+        protocol = self._protocol
+        if (
+            protocol is not None
+            and self._on_session_ticket is not None
+            and protocol.closed_error is None
+            and not protocol.confirmed.done()
+        ):
+            with contextlib.suppress(TimeoutError, ConnectionError, H3Error):
+                async with asyncio.timeout(min(self._connect_timeout, _TICKET_GRACE)):
+                    await asyncio.shield(protocol.confirmed)
         await self._teardown()
 
     async def _teardown(self) -> None:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         protocol, self._protocol = self._protocol, None
         if protocol is None:
             return
@@ -424,6 +529,14 @@ class H3Client:
         # out delayed every CLI process by ~0.1 s, and a peer that missed the close merely
         # times the connection out. `sendto` has handed the close to the kernel by then.
         protocol.shutdown()
+
+    @property
+    def confirmed(self) -> bool:
+        """True once the server has confirmed the handshake (it accepted us)."""
+        if self._protocol is None:
+            return False
+        confirmed = self._protocol.confirmed
+        return confirmed.done() and not confirmed.cancelled() and confirmed.exception() is None
 
     @property
     def session_resumed(self) -> bool:
@@ -439,6 +552,14 @@ class H3Client:
 
     # Requests
 
+    @property
+    def early_data_accepted(self) -> bool | None:
+        """Whether the server took our 0-RTT data (False when we sent none); None until the
+        handshake completes."""
+        self._connected()
+        assert self._protocol is not None
+        return self._protocol.early_data_accepted
+
     async def open(
         self,
         method: str,
@@ -451,8 +572,42 @@ class H3Client:
         self._connected()
         protocol = self._protocol
         assert protocol is not None
+        if not protocol.confirmed.done():
+            # Only an early connect gets here before confirmation (see `connect`).
+            if method not in EARLY_METHODS or body or not protocol.zero_rtt:
+                await self._confirmation(protocol)
+        exchange = await self._exchange(protocol, method, path, headers, body)
+        if exchange.early and (
+            isinstance(exchange.error, _EarlyDataRejected) or exchange.status == TOO_EARLY
+        ):
+            # The server would not serve this from early data: ask again once it knows us.
+            self._cancel(exchange)
+            await self._confirmation(protocol)
+            exchange = await self._exchange(protocol, method, path, headers, body)
+        if exchange.error is not None:
+            raise exchange.error
+        return H3Response(self, exchange)
+
+    async def _confirmation(self, protocol: _H3ClientProtocol) -> None:
+        try:
+            await asyncio.shield(protocol.confirmed)
+        except ConnectionError as exc:
+            raise protocol.closed_error or H3ConnectionError(str(exc)) from exc
+
+    async def _exchange(
+        self,
+        protocol: _H3ClientProtocol,
+        method: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> _Exchange:
+        """Send one request; return once its response headers came, or its early data was
+        refused (`exchange.error`), for `open` to judge."""
+        if protocol.closed_error is not None:
+            raise protocol.closed_error
         stream_id = protocol._quic.get_next_available_stream_id()
-        exchange = _Exchange(stream_id)
+        exchange = _Exchange(stream_id, early=protocol.zero_rtt)
         protocol.exchanges[stream_id] = exchange
         request_headers: Headers = [
             (b":method", method.encode("ascii")),
@@ -470,6 +625,8 @@ class H3Client:
         protocol.transmit()
         try:
             while exchange.status is None:
+                if isinstance(exchange.error, _EarlyDataRejected):
+                    return exchange
                 if exchange.error is not None:
                     raise exchange.error
                 if exchange.ended:
@@ -478,7 +635,7 @@ class H3Client:
         except BaseException:
             self._cancel(exchange)
             raise
-        return H3Response(self, exchange)
+        return exchange
 
     async def request(
         self,
@@ -531,6 +688,17 @@ class H3Client:
             protocol._quic.reset_stream(exchange.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
             protocol._quic.stop_stream(exchange.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
         protocol.transmit()
+
+
+def _offer_fewer_key_shares(quic: QuicConnection) -> None:
+    # aioquic builds its TLS context on connect and has no option for the groups it offers.
+    initialize = quic._initialize
+
+    def initialize_hooked(peer_cid: bytes) -> None:
+        initialize(peer_cid)
+        quic.tls._supported_groups = list(_KEY_SHARE_GROUPS)
+
+    quic._initialize = initialize_hooked  # type: ignore[method-assign]
 
 
 async def _resolve(

@@ -56,10 +56,14 @@ class EchoApp:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
         identity = scope[IDENTITY_SCOPE_KEY]
+        early = dict(scope["headers"]).get(b"early-data") == b"1"
         seen = {
             "user": identity.user if identity else None,
             "groups": list(identity.groups) if identity else None,
+            "serial": identity.serial if identity else None,
+            "method": scope["method"],
             "path": scope["path"],
+            "early_data": early,
             "http_version": scope["http_version"],
             "client_port": scope["client"][1],
             "cert_name": scope.get("extensions", {}).get("tls", {}).get("client_cert_name"),
@@ -68,7 +72,11 @@ class EchoApp:
         query = dict(
             part.split("=", 1) for part in scope["query_string"].decode().split("&") if part
         )
-        if scope["path"] == "/stream":
+        if scope["path"] == "/too-early" and early:
+            # What an origin does with a request it will not serve from replayable early data.
+            await send({"type": "http.response.start", "status": 425, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        elif scope["path"] == "/stream":
             await self._stream(send, int(query["n"]), float(query.get("delay", "0")))
         elif scope["path"] == "/hang":
             await self._hang(receive, send)
@@ -543,20 +551,28 @@ async def test_h3_verified_client_resumes_with_its_identity(
     tickets = await _ticket_for(listeners, admin)
     assert len(tickets) == 1
     ticket = tickets[0]
-    # One hour at most, and never an invitation to send 0-RTT data.
+    # One hour at most; it allows 0-RTT (for reads, see tests/e2e/test_quic_early_data.py).
     assert ticket.not_valid_after - ticket.not_valid_before <= datetime.timedelta(hours=1)
-    assert ticket.max_early_data_size is None
-    more: list[SessionTicket] = []
+    assert ticket.max_early_data_size == 0xFFFFFFFF
     for _ in range(2):
-        async with listeners.h3(admin, session_ticket=ticket, on_session_ticket=more.append) as c:
-            assert c.session_resumed
-            answer = await _whoami(c)
+        successors: list[SessionTicket] = []
+        async with listeners.h3(
+            admin, session_ticket=ticket, on_session_ticket=successors.append
+        ) as client:
+            assert client.session_resumed
+            answer = await _whoami(client)
         assert answer["user"] == "admin"
         assert answer["groups"] == ["system:masters"]
         assert answer["cert_name"] == "CN=admin,O=system:masters"
-    # A resumed session is not extended with a new ticket: it ends an hour after the
-    # certificate was last checked.
-    assert more == []
+        # Each ticket resumes once and brings its successor, which does not extend the
+        # session: it ends when the first ticket would have, an hour after the certificate
+        # was last checked.
+        (successor,) = successors
+        assert successor.ticket != ticket.ticket
+        assert abs(successor.not_valid_after - ticket.not_valid_after) <= datetime.timedelta(
+            seconds=2
+        )
+        ticket = successor
 
 
 async def test_h3_resumption_needs_no_certificate_but_keeps_the_ticket_identity(
@@ -618,17 +634,28 @@ async def test_h3_forged_tickets_are_not_resumed(listeners: Listeners, admin: Cr
         assert client.session_resumed
 
 
-async def test_h3_early_data_is_refused(listeners: Listeners, admin: Credentials) -> None:
-    (ticket,) = await _ticket_for(listeners, admin)
-    served = len(listeners.app.requests)
-    # A client that sends 0-RTT data although the ticket did not allow it is not served.
-    greedy = dataclasses.replace(ticket, max_early_data_size=0xFFFFFFFF)
-    client = listeners.h3(admin, session_ticket=greedy)
-    with pytest.raises(H3ConnectionError):
-        await client.connect()
-        await client.request("GET", "/early", timeout=3)
-    await client.close()
-    assert len(listeners.app.requests) == served
+async def test_h3_early_data_is_refused_when_tickets_do_not_allow_it(
+    server_pki: ServerPKI, admin: Credentials
+) -> None:
+    store = SessionTicketStore(early_data=False)
+    async with running(server_pki, tickets=store) as listeners:
+        (ticket,) = await _ticket_for(listeners, admin)
+        assert ticket.max_early_data_size is None
+        # A client that sends 0-RTT data although the ticket did not allow it: the server
+        # drops it unread, and the request, sent again after the handshake, runs once.
+        greedy = dataclasses.replace(ticket, max_early_data_size=0xFFFFFFFF)
+        served = len(listeners.app.requests)
+        client = listeners.h3(admin, session_ticket=greedy)
+        try:
+            await client.connect(early_data=True)
+            status, _, _ = await client.request("GET", "/early", timeout=3)
+            assert status == 200
+            assert client.session_resumed
+            assert client.early_data_accepted is False
+        finally:
+            await client.close()
+    early = [r for r in listeners.app.requests[served:] if r["path"] == "/early"]
+    assert [r["early_data"] for r in early] == [False]
 
 
 async def test_h3_tickets_expire_and_can_be_revoked(
@@ -653,12 +680,14 @@ async def test_h3_tickets_expire_and_can_be_revoked(
 
 
 async def test_h3_ticket_never_outlives_the_certificate(
-    server_pki: ServerPKI, admin: Credentials, tmp_path: Path
+    server_pki: ServerPKI, tmp_path: Path
 ) -> None:
     short = _write_pair(tmp_path, "alice", server_pki.ca.issue("alice", client=True, days=1))
+    # Not the admin's: the server's own admin certificate lives a day and rotates.
+    bob = _write_pair(tmp_path, "bob", server_pki.ca.issue("bob", client=True, days=30))
     async with running(server_pki, tickets=SessionTicketStore(lifetime=7 * 86400)) as listeners:
         (ticket,) = await _ticket_for(listeners, short)
-        (longer,) = await _ticket_for(listeners, admin)
+        (longer,) = await _ticket_for(listeners, bob)
     assert ticket.not_valid_after - ticket.not_valid_before <= datetime.timedelta(days=1)
     assert longer.not_valid_after - longer.not_valid_before > datetime.timedelta(days=6)
 
