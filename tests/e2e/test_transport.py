@@ -32,7 +32,7 @@ from aioquic.tls import CipherSuite, SessionTicket
 
 from hypermesh.pki import CertificateAuthority, ServerPKI, ensure_server_pki, write_kubeconfig
 from hypermesh.pki.identity import Identity
-from hypermesh.transport import h3 as h3_server
+from hypermesh.transport import sessions
 from hypermesh.transport.asgi import IDENTITY_SCOPE_KEY
 from hypermesh.transport.h3 import SessionTicketStore, serve_h3
 from hypermesh.transport.h3client import H3Client, H3ConnectionError, H3Error
@@ -672,11 +672,11 @@ async def test_h3_tickets_expire_and_can_be_revoked(
 
         (ticket,) = await _ticket_for(listeners, admin)
         assert store.forget("someone-else") == 0
-        real_now = h3_server.time_now
-        monkeypatch.setattr(h3_server, "time_now", lambda: real_now() + 3601)
+        real_now = sessions.time_now
+        monkeypatch.setattr(sessions, "time_now", lambda: real_now() + 3601)
         async with listeners.h3(admin, session_ticket=ticket) as client:
             assert not client.session_resumed
-        monkeypatch.setattr(h3_server, "time_now", real_now)
+        monkeypatch.setattr(sessions, "time_now", real_now)
 
 
 async def test_h3_ticket_never_outlives_the_certificate(
@@ -702,7 +702,7 @@ def test_ticket_store_is_bounded_per_certificate_and_in_all(
 
     alice = _write_pair(tmp_path, "alice", server_pki.ca.issue("alice", client=True))
     store = SessionTicketStore(max_tickets=3, max_per_certificate=2)
-    future = h3_server.time_now() + 60
+    future = sessions.time_now() + 60
     names = [os.urandom(32) for _ in range(5)]
 
     def add(name: bytes, creds: Credentials, user: str) -> None:

@@ -18,8 +18,8 @@ from cryptography import x509
 from hypermesh.pki import CertificateAuthority, ServerPKI, ensure_server_pki
 from hypermesh.pki.identity import Identity, identity_from_cert
 from hypermesh.pki.verify import CertificateRejected, CertificateRevoked, ClientCertificateVerifier
-from hypermesh.transport import h3
-from hypermesh.transport.h3 import SessionTicketStore
+from hypermesh.transport import sessions
+from hypermesh.transport.sessions import SessionTicketStore
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +51,14 @@ def _ticket(name: bytes | None = None, early: bool = True) -> SessionTicket:
         resumption_secret=b"s" * 32,
         server_name="x",
         ticket=name or os.urandom(32),
-        max_early_data_size=h3.MAX_EARLY_DATA if early else None,
+        max_early_data_size=sessions.MAX_EARLY_DATA if early else None,
     )
 
 
 def _add(store: SessionTicketStore, chain: list[x509.Certificate], **kwargs: bool) -> bytes:
     ticket = _ticket(**kwargs)
     leaf = chain[0]
-    store.add(ticket, identity_from_cert(leaf), leaf, h3.time_now() + 60)
+    store.add(ticket, identity_from_cert(leaf), leaf, sessions.time_now() + 60)
     return ticket.ticket
 
 
@@ -125,8 +125,8 @@ def test_expired_tickets_are_not_found(
 ) -> None:
     store = SessionTicketStore()
     name = _add(store, admin_chain)
-    real_now = h3.time_now
-    monkeypatch.setattr(h3, "time_now", lambda: real_now() + 61)
+    real_now = sessions.time_now
+    monkeypatch.setattr(sessions, "time_now", lambda: real_now() + 61)
     assert store.lookup(name) is None
 
 
