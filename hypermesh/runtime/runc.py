@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hypermesh.runtime import execprocess, oci
+from hypermesh.runtime import execprocess, shim, trial
 from hypermesh.runtime.cgroups import CgroupLayout
 from hypermesh.runtime.execprocess import ExecProcess
 
@@ -93,32 +93,6 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 # Runtime messages that mean "that container is not there (any more)".
 _GONE = ("does not exist", "not running", "no such file", "no such process", "already finished")
-
-# The shim. Positional parameters: runtime, state root, bundle, id, stdout, stderr, exit file,
-# runtime log, pid file, OOM-events file, memory failcnt file (the last two may be empty).
-_SHIM = r"""
-rt=$1 root=$2 bundle=$3 id=$4 out=$5 err=$6 exitf=$7 log=$8 pidf=$9
-shift 9
-oomf=$1 failf=$2
-{ echo -998 > /proc/self/oom_score_adj; } 2>/dev/null
-"$rt" --root "$root" --log "$log" --log-format json run --keep --bundle "$bundle" \
-    --pid-file "$pidf" "$id" </dev/null >>"$out" 2>>"$err"
-code=$?
-started=0
-[ -s "$pidf" ] && started=1
-oom=
-fail=
-if [ -n "$oomf" ] && [ -r "$oomf" ]; then
-    while read -r key value; do [ "$key" = oom_kill ] && oom=$value; done < "$oomf"
-fi
-if [ -n "$failf" ] && [ -r "$failf" ]; then read -r fail < "$failf"; fi
-printf 'code=%s\nstarted=%s\noom_kill=%s\nfailcnt=%s\nlog=%s\n' \
-    "$code" "$started" "$oom" "$fail" "$log" > "$exitf.tmp" && mv -f "$exitf.tmp" "$exitf"
-"""
-# Starts the shim in the background and prints its pid; the launcher exits at once, so the
-# shim is never a child of the agent. $0 is the file the shim's own errors go to.
-_LAUNCHER = '"$@" </dev/null >/dev/null 2>>"$0" & echo $!'
-
 
 # Errors
 
@@ -193,34 +167,6 @@ class _Completed:
     stderr: str
 
 
-@dataclass(frozen=True)
-class _Record:
-    """What run() remembers of a container, for delete() and for an agent that restarted."""
-
-    bundle: str
-    cgroups_path: str
-    exit_file: str
-    shim_pid: int
-
-    @classmethod
-    def load(cls, path: Path) -> _Record | None:
-        try:
-            data = json.loads(path.read_bytes())
-            return cls(
-                str(data["bundle"]),
-                str(data["cgroups_path"]),
-                str(data["exit_file"]),
-                int(data["shim_pid"]),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.__dict__))
-        tmp.replace(path)
-
-
 class OciRuntime:
     """One OCI runtime binary, with HyperMesh's containers kept under its own state root."""
 
@@ -241,7 +187,7 @@ class OciRuntime:
         self.binary = binary
         self.state_dir = state_dir
         self.reason = reason
-        self.shell = tuple(shell or _shell())
+        self.shell = tuple(shell or shim.shell())
         self.cgroups = cgroups or CgroupLayout.read()
         # The runtime's own state (`--root`), apart from every other user of runc on the host.
         self.root = state_dir / name
@@ -263,7 +209,7 @@ class OciRuntime:
         crun = shutil.which("crun")
         why_not_crun = "crun is not installed"
         if crun is not None and force in (None, "crun"):
-            problem = _trial_run(Path(crun), state_dir, cgroups)
+            problem = trial.run_trial(Path(crun), state_dir, cgroups)
             if problem is None:
                 reason = "forced" if force else "crun is installed and ran a trial container"
                 return cls(
@@ -309,8 +255,8 @@ class OciRuntime:
             stale.unlink(missing_ok=True)
         stderr_size = stderr.stat().st_size if stderr.exists() else 0
         oom_file, failcnt_file = self.cgroups.memory_files(cgroups_path)
-        shim = [
-            *self.shell, "-c", _SHIM, "hm-shim",
+        shim_argv = [
+            *self.shell, "-c", shim.SCRIPT, "hm-shim",
             str(self.binary), str(self.root), str(bundle), container_id,
             str(stdout), str(stderr), str(exit_file), str(log), str(pid_file),
             oom_file, failcnt_file,
@@ -321,7 +267,7 @@ class OciRuntime:
         # output would wait for the container to end.
         launched = await asyncio.to_thread(
             subprocess.run,
-            [*self.shell, "-c", _LAUNCHER, str(record_dir / "shim.log"), *shim],
+            [*self.shell, "-c", shim.LAUNCHER, str(record_dir / "shim.log"), *shim_argv],
             stdin=subprocess.DEVNULL, capture_output=True, env={"PATH": PATH},
             start_new_session=True, close_fds=True, timeout=30,
         )  # fmt: skip
@@ -330,7 +276,7 @@ class OciRuntime:
             shim_pid = int(out.strip())
         except ValueError:
             raise StartError(f"could not launch the shim: {err.decode(errors='replace')}") from None
-        _Record(str(bundle), cgroups_path, str(exit_file), shim_pid).save(record_dir / "shim.json")
+        shim.ShimRecord(str(bundle), cgroups_path, str(exit_file), shim_pid).save(record_dir / "shim.json")
 
         started = time.monotonic()
         deadline = started + START_TIMEOUT
@@ -400,7 +346,7 @@ class OciRuntime:
         its cgroup directories and what run() kept; doing it twice is harmless."""
         _check_id(container_id)
         record_dir = self.records / container_id
-        record = _Record.load(record_dir / "shim.json")
+        record = shim.ShimRecord.load(record_dir / "shim.json")
         cgroups_path = record.cgroups_path if record else ""
         if (self.root / container_id).is_dir():
             state = await self.state(container_id)
@@ -566,7 +512,7 @@ class OciRuntime:
             raise CommandError(argv, -1, f"no answer within {timeout:.0f} s") from None
         return _Completed(argv, process.returncode or 0, out, err.decode(errors="replace"))
 
-    async def _wait_for_shim(self, record: _Record, container_id: str) -> None:
+    async def _wait_for_shim(self, record: shim.ShimRecord, container_id: str) -> None:
         """Lets a shim whose container just died write its exit file before anything else
         reuses the path: a late write would report the next container of that name as ended."""
         deadline = time.monotonic() + SHIM_EXIT_WAIT
@@ -620,14 +566,6 @@ def _check_id(container_id: str) -> None:
         raise ValueError(
             f"container id {container_id!r}: use 1-128 letters, digits, '_', '.', '+' or '-'"
         )
-
-
-def _shell() -> tuple[str, ...]:
-    # A static busybox sh costs ~60 KiB of private memory per shim; dash is close behind.
-    for candidate in (Path("/bin/busybox"), Path("/usr/bin/busybox")):
-        if candidate.exists():
-            return (str(candidate), "sh")
-    return ("/bin/sh",)
 
 
 def _version(binary: Path) -> str:
@@ -699,54 +637,3 @@ async def _read_capped(stream: asyncio.StreamReader, into: bytearray, limit: int
         room = limit - len(into)
         if room > 0:
             into += chunk[:room]
-
-
-@dataclass(frozen=True)
-class _TrialImage:
-    entrypoint: tuple[str, ...] = ()
-    cmd: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()
-    working_dir: str = "/"
-    user: str = ""
-
-
-def _trial_run(binary: Path, state_dir: Path, cgroups: CgroupLayout) -> str | None:
-    """Runs /bin/true in a throwaway container with a full HyperMesh config; None if it worked,
-    else what went wrong (crun fails here on hybrid cgroups, see docs/MACHINE.md)."""
-    busybox = Path("/bin/busybox")
-    if not busybox.exists():
-        return "no /bin/busybox to build a trial container from"
-    container_id = f"hm-trial-{os.getpid()}"
-    trial = state_dir / container_id
-    root = trial / "state"
-    cgroups_path = f"/hypermesh/{container_id}"
-    try:
-        shutil.rmtree(trial, ignore_errors=True)
-        (trial / "rootfs" / "bin").mkdir(parents=True)
-        shutil.copy2(busybox, trial / "rootfs" / "bin" / "busybox")
-        spec = oci.runtime_spec(
-            container={"name": "trial", "image": "trial", "command": ["/bin/busybox", "true"]},
-            image=_TrialImage(),
-            rootfs=trial / "rootfs",
-            hostname="trial",
-            cgroups_path=cgroups_path,
-            netns=None,
-        )
-        (trial / "config.json").write_text(json.dumps(spec))
-        result = subprocess.run(
-            [str(binary), "--root", str(root), "run", "--bundle", str(trial), container_id],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        if result.returncode != 0:
-            return (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-        return None
-    except (OSError, subprocess.SubprocessError) as exc:
-        return str(exc)
-    finally:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
-                [str(binary), "--root", str(root), "delete", "--force", container_id],
-                capture_output=True, timeout=30, check=False,
-            )  # fmt: skip
-        cgroups.remove(cgroups_path)
-        shutil.rmtree(trial, ignore_errors=True)
