@@ -12,7 +12,16 @@ intermediate), `tls.key` and `ca.crt` (the root). It issues a new certificate wh
   spec changed in a way a certificate cannot show (`duration`): the Secret carries a
   fingerprint of the spec it was issued for;
 - it expired, or its renewal time came. The reconcile asks to run again exactly at
-  `status.renewalTime`, so renewal needs no polling.
+  `status.renewalTime`, so renewal needs no polling;
+- its serial was revoked (a CertificateRevocation names it, as `nexus cert revoke NAME` makes):
+  the new certificate gets a new key whatever `rotationPolicy` says, since a revocation may mean
+  the key leaked. The controller follows the revocations and wakes the Certificate whose
+  `status.serialNumber` was revoked at once.
+
+Deleting a Certificate revokes what it issued: a finalizer holds the deleted object until the
+controller has recorded a CertificateRevocation (reason cessationOfOperation) for its current
+serial and for the one in its Secret, if the Secret is still its own. The Secret itself stays
+(as cert-manager leaves it), holding a certificate every HyperMesh component now refuses.
 
 Every issuance increments `status.revision` and records Issuing then Issued Events. A failed
 issuance (the CA cannot sign) increments `status.failedIssuanceAttempts`, sets
@@ -50,6 +59,7 @@ from hypermesh.operator.informer import object_key
 from hypermesh.pki import intent as intents
 from hypermesh.pki import keys, renewal
 from hypermesh.pki.signer import Issued, Signer, SigningError
+from hypermesh.resources import certificaterevocation as revocations
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +76,17 @@ CERTIFICATES = Resource(
 SECRETS = Resource(
     group="", version="v1", kind="Secret", plural="secrets", singular="secret", namespaced=True
 )
+REVOCATIONS = Resource(
+    group="hypermesh.io",
+    version="v1",
+    kind="CertificateRevocation",
+    plural="certificaterevocations",
+    singular="certificaterevocation",
+    namespaced=False,
+    short_names=("certrev",),
+)
+# Holds a deleted Certificate until what it issued is revoked.
+REVOKE_FINALIZER = "hypermesh.io/revoke-certificate"
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 # Which Certificate a Secret was issued for, and the fingerprint of that spec.
 CERTIFICATE_NAME_ANNOTATION = "hypermesh.io/certificate-name"
@@ -193,10 +214,17 @@ class CertificateController:
         # "namespace/secretName" -> keys of the Certificates that name it.
         self._by_secret: dict[str, set[str]] = defaultdict(set)
         self._secret_of: dict[str, str] = {}
+        # Revoked serials, and the Certificates by the serial (hex) their status names.
+        self.revoked = revocations.RevokedSerials()
+        self._by_serial: dict[str, set[str]] = defaultdict(set)
+        self._serial_of: dict[str, str] = {}
+        self.revocations = op.informers.get(REVOCATIONS)
         op.reconcile(CERTIFICATES)(self.reconcile)
         self.controller = op.controllers[-1]
+        op.on_delete(CERTIFICATES, finalizer=REVOKE_FINALIZER)(self.revoke_on_delete)
         self.certificates.subscribe(self._on_certificate)
         self.secrets.subscribe(self._on_secret)
+        self.revocations.subscribe(self._on_revocation)
 
     # Informer events
 
@@ -212,6 +240,23 @@ class CertificateController:
             secret_key = f"{obj['metadata'].get('namespace')}/{name}"
             self._secret_of[key] = secret_key
             self._by_secret[secret_key].add(key)
+        serial = self._serial_of.pop(key, None)
+        if serial is not None:
+            self._by_serial[serial].discard(key)
+            if not self._by_serial[serial]:
+                del self._by_serial[serial]
+        serial = (obj.get("status") or {}).get("serialNumber")
+        if event != "DELETED" and isinstance(serial, str) and serial:
+            self._serial_of[key] = serial
+            self._by_serial[serial].add(key)
+
+    def _on_revocation(self, event: str, obj: dict[str, Any]) -> None:
+        # A serial revoked: news for the Certificate that holds it (it must be re-issued).
+        queue = self.controller.queue
+        for serial in self.revoked.apply(event, obj):
+            for key in self._by_serial.get(revocations.serial_hex(serial), ()):
+                if queue is not None:
+                    queue.add(key)
 
     def _on_secret(self, event: str, obj: dict[str, Any]) -> None:
         # A Secret changed, appeared or went: news for the Certificates that name it.
@@ -321,6 +366,13 @@ class CertificateController:
             problem = str(exc)
         if problem is not None:
             return _Trigger("IncorrectIssuer", f'Issuing certificate as Secret "{name}": {problem}')
+        if stored.cert.serial_number in self.revoked:
+            serial = revocations.serial_hex(stored.cert.serial_number)
+            return _Trigger(
+                "Revoked",
+                f'Issuing certificate as the one in Secret "{name}" (serial {serial}) was revoked '
+                f"(certificaterevocation/{self.revoked.name_of(stored.cert.serial_number) or serial})",
+            )
         annotations = (secret.get("metadata") or {}).get("annotations") or {}
         if annotations.get(SPEC_HASH_ANNOTATION) != intent.fingerprint:
             return _Trigger(
@@ -394,7 +446,8 @@ class CertificateController:
             ready=self._ready_for(trigger),
             issuing=("True", trigger.reason, trigger.message),
         )
-        reuse = None if intent.rotate_key or stored is None else stored.key_pem
+        # A revoked certificate's key may be what leaked: never reuse it.
+        reuse = None if intent.rotate_key or stored is None or trigger.reason == "Revoked" else stored.key_pem
         try:
             issued = await asyncio.to_thread(self._sign, intent, reuse)
         except SigningError as exc:
@@ -502,6 +555,46 @@ class CertificateController:
             written = await self.op.client.replace(SECRETS, body)
         self._recent_secrets.remember(written)
         return written
+
+    async def revoke_on_delete(self, cert: dict[str, Any], ctx: Context) -> Result | None:
+        """Revoke the serial a deleted Certificate last issued, and the one in its Secret when
+        the Secret is still its own (a Secret held by another Certificate is left alone)."""
+        meta = cert["metadata"]
+        namespace = str(meta.get("namespace") or "default")
+        leaves: dict[int, x509.Certificate | None] = {}
+        status_serial = (cert.get("status") or {}).get("serialNumber")
+        if isinstance(status_serial, str) and status_serial:
+            try:
+                leaves[int(status_serial, 16)] = None
+            except ValueError:
+                pass
+        secret = self._recent_secrets.get(f"{namespace}/{(cert.get('spec') or {}).get('secretName')}")
+        owner = _controller_ref(secret) if secret is not None else None
+        stored = self._stored(secret) if (owner or {}).get("uid") == meta.get("uid") else None
+        if stored is not None:
+            leaves[stored.cert.serial_number] = stored.cert
+        if not leaves:
+            return None
+        ref = revocations.CertificateRef(namespace=namespace, name=meta["name"], uid=meta.get("uid"))
+        for serial, leaf in leaves.items():
+            if serial in self.revoked:
+                continue
+            body = revocations.revocation(
+                serial, reason="cessationOfOperation", certificate_ref=ref,
+                subject=leaf.subject.rfc4514_string() if leaf is not None else None,
+                issuer=leaf.issuer.rfc4514_string() if leaf is not None else None,
+                not_after=leaf.not_valid_after_utc if leaf is not None else _parse_time((cert.get("status") or {}).get("notAfter")),
+            )  # fmt: skip
+            try:
+                await self.op.client.create(REVOCATIONS, body, field_manager=self.op.name)
+            except ApiError as exc:
+                if exc.status != 409:  # 409: revoked already
+                    raise
+            await ctx.event(
+                cert, "Revoked",
+                f"Revoked serial {revocations.serial_hex(serial)} as the Certificate was deleted",
+            )  # fmt: skip
+        return None
 
     async def _adopt(self, cert: dict[str, Any], secret: dict[str, Any]) -> None:
         """Make this Certificate the controller of a Secret it issued that lost its owner (the

@@ -3,9 +3,10 @@
 `APIServer` wires the parts (store, registry, verbs, watch cache, discovery, OpenAPI) and routes
 each request: health and version endpoints first (they are public, as in Kubernetes), then the
 identity check (mutual TLS happened in the transport; a request without a verified client
-certificate may still prove a bootstrap token, see `tokens`, and gets 401 otherwise), then
-discovery, OpenAPI, and the resource verbs. The cluster CA is public at `CA_PATH`, so a joining
-node can fetch it before it trusts anything (it checks the CA's public key hash it was given).
+certificate may still prove a bootstrap token, see `tokens`, and gets 401 otherwise; so does a
+revoked certificate, see `revocation`), then discovery, OpenAPI, and the resource verbs. The
+cluster CA is public at `CA_PATH`, so a joining node can fetch it before it trusts anything (it
+checks the CA's public key hash it was given).
 Any `ApiError` becomes a `Status` response; any other exception becomes a 500 Status and a log
 line, never a crash. WebSocket upgrades (only interactive exec takes one) go through the same
 identity check and are refused with a Status when they cannot be served.
@@ -35,6 +36,7 @@ from hypermesh.api import (
     proxy,
     rbac,
     reviews,
+    revocation,
     tables,
     tokens,
 )
@@ -100,6 +102,9 @@ class APIServer:
         self.admission.policy = self.policy
         audit_path = audit_log or data_dir_of(store, "audit.log")
         self.guard = guard.Guard(self.policy, self.storage, self.registry, audit.AuditLog(audit_path) if audit_path else None)
+        # Revoked client certificates: refused at every request (and their connections closed
+        # by the listeners the daemon connects to `revocations.on_revoked`).
+        self.revocations = revocation.RevocationList(self.storage, self.registry, self.watchcache)
         # Bearer bootstrap tokens, for requests that come without a client certificate.
         self.tokens = tokens.TokenAuthenticator(self.storage, self.registry, self.watchcache)
         self.discovery = discovery.Discovery(self.registry)
@@ -120,6 +125,7 @@ class APIServer:
         await self.namespaces.ensure_defaults()
         await self.admission.priorities.ensure_system_classes()
         await self.policy.start()
+        await self.revocations.start()
         await self.tokens.start()
         if self.guard.log is not None:
             self.guard.log.start()
@@ -136,6 +142,7 @@ class APIServer:
         await self.event_expiry.stop()
         await self.namespaces.stop()
         await self.policy.stop()
+        await self.revocations.stop()
         await self.tokens.stop()
         if self.guard.log is not None:
             await self.guard.log.stop()
@@ -172,6 +179,7 @@ class APIServer:
             identity = scope.get(IDENTITY_SCOPE_KEY)
             if identity is None:
                 raise errors.unauthorized()
+            self.revocations.check(identity)
             target = paths.parse(unquote(scope["path"]), self.registry)
             if isinstance(target, paths.Target):
                 # An interactive exec is authorised as `create` on instances/exec, as Kubernetes
@@ -232,6 +240,8 @@ class APIServer:
                 raise errors.ApiError(401, "Unauthorized", "Unauthorized: the bearer token is not a valid bootstrap token (unknown, expired or deleted), and no client certificate was presented")
             if req.identity is None:
                 raise errors.unauthorized()
+        else:
+            self.revocations.check(req.identity)
         if path == binding.BATCH_PATH:
             # Bindings of Instances in any namespace: a cluster-wide grant is needed.
             instances = self.registry.by_plural("hypermesh.io", "v1", "instances")

@@ -12,6 +12,8 @@ authorizer and NodeRestriction admission, in one place). A node may:
 - create CertificateSigningRequests (the API server stamps the node's name into them, and the
   approver signs a node's request only for that node) and read, by name, those it created:
   that is how a node renews its own certificate;
+- read the CertificateRevocations (get, list, watch): the agent refuses revoked client
+  certificates on its own endpoint, and serials are no secret;
 - nothing else: not another node's Node, Lease or Instances, not Secrets, not Workloads.
 
 A write whose target has no name in the URL (a create) is allowed here and its name checked on
@@ -68,6 +70,8 @@ async def _allowed(attrs: rbac.Attributes, node: str, *, field_node: str | None,
         return attrs.name == node and (verb in _READ or verb in _OWN_WRITE)
     if group in ("", "events.k8s.io") and resource == "events":
         return verb in ("create", "update", "patch")
+    if group == HM and resource == "certificaterevocations":
+        return verb in _READ and not sub
     if group == CERTIFICATES and resource == "certificatesigningrequests" and not sub:
         if verb == "create":
             return True

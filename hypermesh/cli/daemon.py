@@ -3,19 +3,33 @@
 This is where processes are wired together: the state engine, the API server app, and the two
 listeners (HTTPS on TCP, HTTP/3 on UDP, same port number). Nothing imports this module; it
 imports what it starts.
+
+The server also keeps its own certificates fresh (`rotate_own_certificates`): at the renewal
+time of the serving or admin certificate (two thirds of a lifetime of a day by default,
+`--serving-cert-lifetime` and `--admin-cert-lifetime`, down to seconds for tests) it issues new
+ones, loads the serving certificate into the TCP listener's live TLS context (new handshakes
+present it, open connections and watches carry on) and rewrites `admin.kubeconfig` atomically
+(every client that reads it afresh, kubectl and nexus at each run, uses the new one). Clients
+trust only `ca.crt`, so neither change is visible to them. And it connects the revocation list
+to the TCP listener, which closes the connections of a revoked client certificate.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hypermesh.pki.bootstrap import Lifetimes, ServerPKI
 
 log = logging.getLogger("hypermesh")
 
@@ -29,11 +43,13 @@ def _split_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# The longest the certificate rotation sleeps between looks (a suspended machine wakes late).
+_ROTATION_MAX_SLEEP = 300.0
 
 
 def _seconds(text: str) -> float:
-    """`90`, `90s`, `15m` or `1h` as seconds."""
+    """`90`, `90s`, `15m`, `1h` or `1d` as seconds."""
     number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
     try:
         value = float(number) * _UNITS[unit]
@@ -51,21 +67,108 @@ def server_url(host: str, port: int) -> str:
     return f"https://{connect}:{port}"
 
 
-async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = False, controllers: bool = False, event_ttl: float = 3600.0, agent: bool = False) -> int:
+def _lifetime(text: str) -> float:
+    """A certificate lifetime (argparse type): a duration of at least 5 s."""
+    value = _seconds(text)
+    if value < 5:
+        raise argparse.ArgumentTypeError(f"{text!r}: a certificate lifetime must be at least 5s")
+    return value
+
+
+def _lifetime_default(variable: str) -> float:
+    """A lifetime flag's default: $VARIABLE if set (tests shorten it), else a day."""
+    text = os.environ.get(variable)
+    if not text:
+        return 86400.0
+    try:
+        return _lifetime(text)
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"hypermesh: ${variable}: {exc}") from None
+
+
+async def rotate_own_certificates(
+    *,
+    data_dir: Path,
+    hosts: list[str],
+    lifetimes: Lifetimes,
+    pki: ServerPKI,
+    kubeconfig: Path,
+    url: str,
+    reload_serving: Sequence[Callable[[Path, Path], object]],
+    stop: asyncio.Event,
+) -> None:
+    """Renew the serving and admin certificates when due until `stop` is set (see the module
+    docstring); each of `reload_serving(certfile, keyfile)` is called with a new serving pair
+    (one per listener). A failed renewal is logged and tried again a few seconds later; the
+    current certificates stay in use meanwhile."""
+    import datetime
+
+    from hypermesh.pki import ensure_server_pki, write_kubeconfig
+
+    current = pki
+    while not stop.is_set():
+        # At least a second: a certificate due as soon as it is issued (an intermediate about
+        # to expire clamps its lifetime) must not turn this into a busy loop.
+        due = max(1.0, (current.renewal_time() - datetime.datetime.now(datetime.UTC)).total_seconds())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(due, _ROTATION_MAX_SLEEP))
+        if stop.is_set():
+            return
+        if due > _ROTATION_MAX_SLEEP:
+            continue
+        try:
+            fresh = await asyncio.to_thread(ensure_server_pki, data_dir, hosts=hosts, lifetimes=lifetimes)
+            if fresh.server_cert_pem != current.server_cert_pem:
+                for reload in reload_serving:
+                    reload(fresh.server_cert_path, fresh.server_key_path)
+                log.info("serving certificate renewed: serial %x until %s; new connections use it",
+                         fresh.server_cert.serial_number, f"{fresh.server_cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}")  # fmt: skip
+            if fresh.admin_cert_pem != current.admin_cert_pem:
+                await asyncio.to_thread(
+                    write_kubeconfig, kubeconfig, server_url=url, ca_pem=fresh.ca_pem,
+                    cert_pem=fresh.admin_cert_pem, key_pem=fresh.admin_key_pem,
+                )  # fmt: skip
+                log.info("admin certificate renewed: serial %x in %s", fresh.admin_cert.serial_number, kubeconfig)
+        except Exception as exc:  # the old certificates still serve; try again shortly
+            log.error("renewing the server's certificates failed (trying again in 5s): %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5.0)
+            continue
+        current = fresh
+
+
+async def run_server(
+    data_dir: Path,
+    host: str,
+    port: int,
+    *,
+    banner: bool = False,
+    controllers: bool = False,
+    event_ttl: float = 3600.0,
+    agent: bool = False,
+    serving_lifetime: float = 86400.0,
+    admin_lifetime: float = 86400.0,
+) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
+    import datetime
+
     from hypermesh.api import encryptedstore, encryptionkeys
     from hypermesh.api.app import APIServer
     from hypermesh.api.compactor import CompactionPolicy
     from hypermesh.pki import ensure_server_pki, write_kubeconfig
+    from hypermesh.pki.bootstrap import Lifetimes
     from hypermesh.transport.h3 import serve_h3
-    from hypermesh.transport.tcp import serve_tcp
+    from hypermesh.transport.tcp import ServingTLS, serve_tcp
 
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     hosts = ["127.0.0.1", "localhost", "::1"]
     if host not in hosts and host not in ("0.0.0.0", "::"):
         hosts.append(host)
-    pki = ensure_server_pki(data_dir, hosts=hosts)
+    lifetimes = Lifetimes(
+        serving=datetime.timedelta(seconds=serving_lifetime), admin=datetime.timedelta(seconds=admin_lifetime)
+    )
+    pki = ensure_server_pki(data_dir, hosts=hosts, lifetimes=lifetimes)
     url = server_url(host, port)
     kubeconfig = data_dir / "admin.kubeconfig"
     write_kubeconfig(kubeconfig, server_url=url, ca_pem=pki.ca_pem, cert_pem=pki.admin_cert_pem, key_pem=pki.admin_key_pem)
@@ -93,10 +196,23 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
     tcp_ready, h3_ready = asyncio.Event(), asyncio.Event()
     cert, key, ca = pki.server_cert_path, pki.server_key_path, pki.ca_cert_path
     asgi: Any = app
+    # The TCP listener's TLS context and open connections: the rotation below loads new
+    # serving certificates into it, and a revoked client certificate's connections are closed.
+    tls = ServingTLS(cert, key, ca)
+    app.revocations.on_revoked(tls.close_revoked)
     tasks = [
-        loop.create_task(serve_tcp(asgi, host=host, port=port, certfile=cert, keyfile=key, cafile=ca, ready=tcp_ready, shutdown=listeners_stop), name="tcp"),
+        loop.create_task(serve_tcp(asgi, host=host, port=port, tls=tls, ready=tcp_ready, shutdown=listeners_stop), name="tcp"),
         loop.create_task(serve_h3(asgi, host=host, port=port, certfile=cert, keyfile=key, cafile=ca, ready=h3_ready, shutdown=listeners_stop), name="h3"),
     ]
+    rotation = loop.create_task(
+        rotate_own_certificates(
+            data_dir=data_dir, hosts=hosts, lifetimes=lifetimes, pki=pki, kubeconfig=kubeconfig, url=url,
+            # The HTTP/3 listener keeps the serving certificate it started with until it offers
+            # a reload of its own (its QuicConfiguration is built once in serve_h3).
+            reload_serving=[tls.reload], stop=listeners_stop,
+        ),
+        name="certificate-rotation",
+    )  # fmt: skip
 
     async def both_ready() -> None:
         await tcp_ready.wait()
@@ -144,7 +260,7 @@ async def run_server(data_dir: Path, host: str, port: int, *, banner: bool = Fal
     # Drain: end watch streams first so the listeners' graceful shutdown does not wait on them.
     await app.stop()
     listeners_stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*tasks, rotation, return_exceptions=True)
     await store.close()
     log.info("stopped")
     return code
@@ -198,6 +314,18 @@ def _pki(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lifetime_flags(parser: argparse.ArgumentParser) -> None:
+    """The lifetimes of the server's own certificates (each renewed at two thirds of it)."""
+    parser.add_argument(
+        "--serving-cert-lifetime", type=_lifetime, default=_lifetime_default("HYPERMESH_SERVING_CERT_LIFETIME"),
+        metavar="DURATION", help="how long the API server's serving certificate lives: 1d (default, or $HYPERMESH_SERVING_CERT_LIFETIME), 12h, 90s",
+    )  # fmt: skip
+    parser.add_argument(
+        "--admin-cert-lifetime", type=_lifetime, default=_lifetime_default("HYPERMESH_ADMIN_CERT_LIFETIME"),
+        metavar="DURATION", help="how long the certificate in admin.kubeconfig lives: 1d (default, or $HYPERMESH_ADMIN_CERT_LIFETIME)",
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hypermesh", description="HyperMesh daemons and maintenance commands.")
     parser.add_argument("--log-level", default=os.environ.get("HYPERMESH_LOG_LEVEL", "INFO"))
@@ -209,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controllers", dest="controllers", action="store_true", default=True, help="run the controllers in this process (the default)")
     p.add_argument("--no-controllers", dest="controllers", action="store_false", help="serve the API only (run `hypermesh controllers` elsewhere)")
     p.add_argument("--event-ttl", type=_seconds, default=3600.0, help="delete Events this long after they last happened: 3600, 90m, 1h (0 keeps them)")
+    _lifetime_flags(p)
 
     p = sub.add_parser("controllers", help="run the controllers against a server")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="the server and credentials (default: $KUBECONFIG)")
@@ -239,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("up", help="run the single-machine cluster in the foreground")
     p.add_argument("--listen", default="127.0.0.1:6443", type=_split_listen)
     p.add_argument("--no-agent", action="store_true", help="no local node agent (then nothing runs Instances)")
+    _lifetime_flags(p)
 
     p = sub.add_parser("keys", help="the keys that encrypt Secrets at rest")
     keys_sub = p.add_subparsers(dest="keys_command", required=True)
@@ -273,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "server":
         host, port = args.listen
-        return _run(run_server(args.data_dir, host, port, controllers=args.controllers, event_ttl=args.event_ttl))
+        return _run(run_server(
+            args.data_dir, host, port, controllers=args.controllers, event_ttl=args.event_ttl,
+            serving_lifetime=args.serving_cert_lifetime, admin_lifetime=args.admin_cert_lifetime,
+        ))  # fmt: skip
     if args.command == "controllers":
         from hypermesh.cli.controllers import run_standalone
 
@@ -294,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         ))
     if args.command == "up":
         host, port = args.listen
-        return _run(run_server(_home(), host, port, banner=True, controllers=True, agent=not args.no_agent))
+        return _run(run_server(
+            _home(), host, port, banner=True, controllers=True, agent=not args.no_agent,
+            serving_lifetime=args.serving_cert_lifetime, admin_lifetime=args.admin_cert_lifetime,
+        ))  # fmt: skip
     if args.command == "keys":
         from hypermesh.api import encryptionkeys, keyrotation
         from hypermesh.store import StoreError

@@ -1,9 +1,9 @@
 """The typed models of the hypermesh.io kinds, in one import.
 
 Each kind lives in its own module (`workload`, `instance`, `node`, `service`, `certificate`,
-`gitsync`, with the shared pieces in `meta`); this module gathers them and maps kind names to
-classes, so that generic code (informers, the garbage collector, tests) can go from an object's
-`kind` to its model without a chain of ifs.
+`certificaterevocation`, `gitsync`, with the shared pieces in `meta`); this module gathers them
+and maps kind names to classes, so that generic code (informers, the garbage collector, tests)
+can go from an object's `kind` to its model without a chain of ifs.
 """
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ from hypermesh.resources.certificate import (
     CertificateSpec,
     CertificateStatus,
     IssuerRef,
+)
+from hypermesh.resources.certificaterevocation import (
+    CertificateRef,
+    CertificateRevocation,
+    CertificateRevocationSpec,
 )
 from hypermesh.resources.gitsync import (
     CrossNamespaceRef,
@@ -109,6 +114,7 @@ KINDS: dict[str, type[Resource]] = {
     "Service": Service,
     "Endpoints": Endpoints,
     "Certificate": Certificate,
+    "CertificateRevocation": CertificateRevocation,
     "GitSync": GitSync,
 }
 
@@ -123,6 +129,9 @@ __all__ = [
     "Certificate",
     "CertificatePrivateKey",
     "CertificateSpec",
+    "CertificateRef",
+    "CertificateRevocation",
+    "CertificateRevocationSpec",
     "CertificateStatus",
     "CircuitBreaker",
     "Condition",

@@ -16,7 +16,10 @@
 - on start it also removes what belongs to no Instance any more (network namespaces and
   containers of Instances deleted while the agent was down), and adopts what still runs;
 - it serves its Instances' logs and exec over HTTPS (`endpoint`) for the API server to proxy,
-  and publishes where in the Node's `status.daemonEndpoints.agentEndpoint`.
+  and publishes where in the Node's `status.daemonEndpoints.agentEndpoint`;
+- it follows the cluster's CertificateRevocations, so its endpoint refuses a revoked client
+  certificate (an administrator's, say) and closes the connections it holds, as the API server
+  does.
 
 Stopping the agent leaves the containers running, as stopping kubelet does: a restarted agent
 takes them back.
@@ -39,8 +42,10 @@ from typing import Any
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.errors import ApiError, ClientError
 from hypermesh.client.kinds import INSTANCES, NODES
+from hypermesh.client.resources import Resource
 from hypermesh.operator.informer import Informer, InformerSettings, object_key
 from hypermesh.operator.leader import LEASES, format_micro_time
+from hypermesh.resources.certificaterevocation import RevokedSerials
 from hypermesh.runtime import endpoint, hostinfo, images, network, rootfs, runc
 from hypermesh.runtime.supervisor import FIELD_MANAGER, NodeServices, Supervisor, container_id
 
@@ -49,6 +54,17 @@ log = logging.getLogger(__name__)
 LEASE_NAMESPACE = "hypermesh-node-lease"
 # The cluster's ULA /48 (fd + 40 random-looking bits, fixed so every node agrees by default).
 DEFAULT_CLUSTER_PREFIX = "fd68:6d65:7368::/48"
+REVOCATIONS = Resource(
+    group="hypermesh.io",
+    version="v1",
+    kind="CertificateRevocation",
+    plural="certificaterevocations",
+    singular="certificaterevocation",
+    namespaced=False,
+)
+# How long a start waits for the revocation list before serving without it (an older server
+# may not have the kind; the follower keeps trying).
+_REVOCATIONS_SYNC_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,10 @@ class Agent:
             field_selector=f"spec.nodeName={settings.node_name}",
             settings=InformerSettings(watch_timeout=300),
         )
+        # The revoked client certificate serials, for the endpoint.
+        self.revoked = RevokedSerials()
+        self.revocations = Informer(client, REVOCATIONS, settings=InformerSettings(watch_timeout=300))
+        self.revocations.subscribe(self._on_revocation)
 
     # Running
 
@@ -108,15 +128,26 @@ class Agent:
             ((existing or {}).get("spec") or {}).get("instanceCIDR"),
         )
         self.services = await asyncio.to_thread(self._prepare, prefix)
-        self.endpoint = await self._start_endpoint()
+        follower = asyncio.create_task(self.revocations.run(), name="agent-revocations")
+        try:
+            await asyncio.wait_for(self.revocations.synced.wait(), _REVOCATIONS_SYNC_TIMEOUT)
+        except TimeoutError:
+            log.warning("the revocation list did not load within %.0fs; the endpoint serves meanwhile", _REVOCATIONS_SYNC_TIMEOUT)
+        try:
+            self.endpoint = await self._start_endpoint()
+        except BaseException:
+            follower.cancel()
+            raise
         try:
             await self._register(existing, prefix)
             await self._renew_lease()
         except BaseException:
+            follower.cancel()
             await self._stop_endpoint()
             raise
         self.informer.subscribe(self._on_instance)
         tasks = [
+            follower,
             asyncio.create_task(self.informer.run(), name="agent-informer"),
             asyncio.create_task(self._heartbeat(stop), name="agent-heartbeat"),
         ]
@@ -188,9 +219,17 @@ class Agent:
             client_ca_pem=ca_pem,
             host=self.settings.endpoint_host,
             port=self.settings.endpoint_port,
+            revoked=self.revoked.is_revoked,
         )
         log.info("serving logs and exec on port %d (certificate %s)", served.port, served.serving.hash)
         return served
+
+    def _on_revocation(self, event: str, obj: dict[str, Any]) -> None:
+        revoked = self.revoked.apply(event, obj)
+        if revoked and self.endpoint is not None:
+            closed = self.endpoint.close_revoked(revoked)
+            if closed:
+                log.info("closed %d endpoint connections of revoked certificates", closed)
 
     async def _stop_endpoint(self) -> None:
         if self.endpoint is not None:

@@ -26,7 +26,11 @@ and the API server accepts this endpoint only if the certificate it is shown has
 the other direction the agent demands a client certificate signed by the cluster CA (the one in
 its kubeconfig) naming the API server's user, `system:apiserver`, or a member of
 `system:masters` (an administrator, as kubelet lets cluster-admins in); a node's own
-certificate is refused, so one node cannot read another's logs.
+certificate is refused, so one node cannot read another's logs. A revoked client certificate
+is refused too (401), whatever it names: the agent follows the cluster's CertificateRevocations
+and hands the endpoint its `revoked(serial)` check, and the endpoint closes the connections a
+certificate holds when it becomes revoked (`Endpoint.close_revoked`), ending its log follows
+and exec sessions.
 
 Logs are read by `logreader` (stdout, then stderr; following polls the files), and the
 `timestamps`, `sinceSeconds` and `sinceTime` options are refused rather than silently ignored,
@@ -72,7 +76,7 @@ from hypermesh.transport.asgi import (
     deny_websocket,
 )
 from hypermesh.transport.sockets import tcp_listener
-from hypermesh.transport.tcp import IdentityHttpToolsProtocol, IdentityWSProtocol
+from hypermesh.transport.tcp import ConnectionsBySerial, bound_protocols
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,8 @@ _STREAM_NAMES: dict[str, tuple[logfiles.Stream, ...]] = {
 
 # name, namespace -> the Instance as the agent's informer has it, or None.
 InstanceLookup = Callable[[str, str], dict[str, Any] | None]
+# A client certificate's serial -> whether it has been revoked.
+RevocationCheck = Callable[[int | None], bool]
 
 
 class ExecResult(Model):
@@ -268,9 +274,10 @@ def allowed(identity: Identity | None) -> bool:
 class EndpointApp:
     """The ASGI application: authorization, routing, logs and exec."""
 
-    def __init__(self, services: NodeServices, lookup: InstanceLookup) -> None:
+    def __init__(self, services: NodeServices, lookup: InstanceLookup, revoked: RevocationCheck | None = None) -> None:
         self.services = services
         self.lookup = lookup
+        self.revoked: RevocationCheck = revoked or (lambda serial: False)
         # One event per open log stream, set to end it (client gone, or the agent stopping).
         self._streams: set[asyncio.Event] = set()
         # Set when the agent stops: interactive sessions end (and their commands are killed).
@@ -290,7 +297,7 @@ class EndpointApp:
         if scope["type"] != "http":
             return
         try:
-            await self._route(scope, receive, send, _authorized(scope))
+            await self._route(scope, receive, send, _authorized(scope, self.revoked))
         except EndpointError as exc:
             await _send_bytes(send, exc.code, exc.body(), b"application/json")
 
@@ -318,7 +325,7 @@ class EndpointApp:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """An interactive exec session (`terminal`); anything else is refused with a Status."""
         try:
-            identity = _authorized(scope)
+            identity = _authorized(scope, self.revoked)
             query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             kind, instance, container = self._target(scope["path"], query)
             if kind != "exec":
@@ -444,9 +451,14 @@ class EndpointApp:
         await _send_bytes(send, 200, orjson.dumps(body), b"application/json")
 
 
-def _authorized(scope: Scope) -> Identity:
+def _authorized(scope: Scope, revoked: RevocationCheck) -> Identity:
     """The caller's identity, if it may use the endpoint at all."""
     identity: Identity | None = scope.get(IDENTITY_SCOPE_KEY)
+    if identity is not None and revoked(identity.serial):
+        raise EndpointError(
+            401, "Unauthorized",
+            f'the client certificate of user "{identity.user}" (serial {identity.serial:x}) has been revoked',
+        )  # fmt: skip
     if identity is None or not allowed(identity):
         who = f'user "{identity.user}"' if identity is not None else "an anonymous client"
         raise EndpointError(
@@ -534,13 +546,20 @@ class Endpoint:
         self._context = context
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
+        # Open connections by client certificate serial, to close those of revoked ones.
+        self.connections = ConnectionsBySerial()
+
+    def close_revoked(self, serials: Iterable[int]) -> int:
+        """Close the connections of these (just revoked) client certificates; how many."""
+        return self.connections.close(serials)
 
     async def serve(self) -> None:
         """Start serving; returns once the listener accepts connections."""
+        http_protocol, ws_protocol = bound_protocols(self.connections)
         config = uvicorn.Config(
             self.app,
-            http=IdentityHttpToolsProtocol,
-            ws=IdentityWSProtocol,
+            http=http_protocol,
+            ws=ws_protocol,
             # Pings keep idle sessions' connections alive, but with no deadline for the pong: a peer
             # reads (and answers) only as fast as its own reader, and a slow reader is no dead one.
             # A vanished peer still ends the session, when TCP gives up on the unanswered pings.
@@ -589,8 +608,10 @@ async def start(
     client_ca_pem: bytes,
     host: str = "::",
     port: int = 0,
+    revoked: RevocationCheck | None = None,
 ) -> Endpoint:
-    """Make or load the serving certificate, listen on `host:port` (0: any free port) and serve."""
+    """Make or load the serving certificate, listen on `host:port` (0: any free port) and serve;
+    `revoked(serial)` says which client certificates to refuse."""
     serving = await asyncio.to_thread(
         ensure_serving_certificate,
         services.data_dir / "endpoint",
@@ -599,7 +620,7 @@ async def start(
     )
     context = server_context(serving, client_ca_pem)
     sock = tcp_listener(host, port, 128)
-    endpoint = Endpoint(EndpointApp(services, lookup), context, sock, serving)
+    endpoint = Endpoint(EndpointApp(services, lookup, revoked), context, sock, serving)
     try:
         await endpoint.serve()
     except BaseException:

@@ -298,7 +298,8 @@ async def test_a_deleted_or_tampered_secret_is_reissued(
 
 async def test_secret_ownership(client: AsyncClient, namespace: str) -> None:
     """One Secret per Certificate: a second Certificate naming it is told so; a Certificate
-    deleted and created again takes its Secret back without a new certificate."""
+    deleted and created again takes its Secret back, with a new certificate (the deletion
+    revoked the old one)."""
     await client.create(
         CERTIFICATES, certificate("one", namespace, commonName="one", duration="1h")
     )
@@ -320,6 +321,16 @@ async def test_secret_ownership(client: AsyncClient, namespace: str) -> None:
     secret_uid = (await client.get(SECRETS, "one-tls", namespace))["metadata"]["uid"]
     await client.delete(CERTIFICATES, "two", namespace)
     await client.delete(CERTIFICATES, "one", namespace)
+
+    async def gone() -> bool:
+        try:
+            await client.get(CERTIFICATES, "one", namespace)
+        except ApiError as exc:
+            return exc.status == 404
+        return False
+
+    # Deleting a Certificate revokes what it issued; a finalizer holds it until that is done.
+    await eventually(gone, what="Certificate one gone (its serial revoked)")
     await client.create(
         CERTIFICATES, certificate("one", namespace, commonName="one", duration="1h")
     )
@@ -335,10 +346,12 @@ async def test_secret_ownership(client: AsyncClient, namespace: str) -> None:
         return obj if ok else None
 
     again = await eventually(adopted, what="the Secret adopted by the new Certificate")
-    # Unless a garbage collector took the Secret with its first owner (cert-manager keeps it,
-    # and so does HyperMesh's collector unless told to track Secrets), nothing was re-issued.
+    # The Secret is taken back (unless a garbage collector took it with its first owner;
+    # cert-manager keeps it, and so does HyperMesh's collector unless told to track Secrets),
+    # but the certificate in it was revoked with its first owner: a new one is issued into it.
     if (await client.get(SECRETS, "one-tls", namespace))["metadata"]["uid"] == secret_uid:
-        assert again["status"]["serialNumber"] == serial
+        assert again["status"]["serialNumber"] != serial
+        assert {"Revoked"} <= await reasons(client, "one", namespace)
 
 
 async def test_a_spec_change_reissues(client: AsyncClient, server: Server, namespace: str) -> None:

@@ -344,6 +344,17 @@ def _examples() -> list[Resource]:
             ),
             status=models.CertificateStatus(not_after=_NOW, revision=1, serial_number="0a"),
         ),
+        models.CertificateRevocation(
+            metadata=models.ObjectMeta(name="1f3a"),
+            spec=models.CertificateRevocationSpec(
+                serial_number="1f3a",
+                subject="CN=alice,O=ops",
+                reason="keyCompromise",
+                revoked_at=_NOW,
+                not_after=_NOW,
+                certificate_ref=models.CertificateRef(namespace="default", name="web"),
+            ),
+        ),
         models.GitSync(
             metadata=models.ObjectMeta(name="apps", namespace="default"),
             spec=models.GitSyncSpec(

@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "exec": "exec",
     "image": "image",
     "auth": "auth",
+    "cert": "cert",
     "gitops": "gitops",
 }
 
@@ -249,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hypermesh.cli.nexus.commands import auth
 
     auth.add_parsers(sub, common)
+    from hypermesh.cli.nexus.commands import cert
+
+    cert.add_parsers(sub, common)
     from hypermesh.cli.nexus.commands import gitops
 
     gitops.add_parsers(sub, common)
