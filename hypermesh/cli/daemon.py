@@ -157,7 +157,8 @@ async def run_server(
     from hypermesh.api.compactor import CompactionPolicy
     from hypermesh.pki import ensure_server_pki, write_kubeconfig
     from hypermesh.pki.bootstrap import Lifetimes
-    from hypermesh.transport.h3 import serve_h3
+    from hypermesh.transport.h3 import ServingQuic, serve_h3
+    from hypermesh.transport.sessions import SessionTicketStore
     from hypermesh.transport.tcp import ServingTLS, serve_tcp
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -200,16 +201,22 @@ async def run_server(
     # serving certificates into it, and a revoked client certificate's connections are closed.
     tls = ServingTLS(cert, key, ca)
     app.revocations.on_revoked(tls.close_revoked)
+    # The same for HTTP/3: a live configuration to reload, and session tickets that a
+    # revocation drops at once (their connections closed) and that are refused at resumption.
+    quic = ServingQuic(cert, key)
+    tickets = SessionTicketStore()
+    app.revocations.on_revoked(tickets.revoke)
     tasks = [
         loop.create_task(serve_tcp(asgi, host=host, port=port, tls=tls, ready=tcp_ready, shutdown=listeners_stop), name="tcp"),
-        loop.create_task(serve_h3(asgi, host=host, port=port, certfile=cert, keyfile=key, cafile=ca, ready=h3_ready, shutdown=listeners_stop), name="h3"),
+        loop.create_task(serve_h3(
+            asgi, host=host, port=port, certfile=cert, keyfile=key, cafile=ca, ready=h3_ready, shutdown=listeners_stop,
+            tickets=tickets, revoked=app.revocations.is_revoked, serving=quic,
+        ), name="h3"),
     ]
     rotation = loop.create_task(
         rotate_own_certificates(
             data_dir=data_dir, hosts=hosts, lifetimes=lifetimes, pki=pki, kubeconfig=kubeconfig, url=url,
-            # The HTTP/3 listener keeps the serving certificate it started with until it offers
-            # a reload of its own (its QuicConfiguration is built once in serve_h3).
-            reload_serving=[tls.reload], stop=listeners_stop,
+            reload_serving=[tls.reload, quic.reload], stop=listeners_stop,
         ),
         name="certificate-rotation",
     )  # fmt: skip

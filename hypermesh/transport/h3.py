@@ -693,6 +693,27 @@ def server_quic_configuration(
     return configuration
 
 
+class ServingQuic:
+    """The listener's QUIC configuration, whose serving certificate can be replaced live.
+
+    aioquic's server hands this one configuration object to every new connection, which reads
+    the certificate when its TLS context is made: replacing it changes new handshakes only, and
+    open connections (and their watches) carry on with the certificate they were shown.
+    """
+
+    def __init__(self, certfile: PathLike, keyfile: PathLike, *, idle_timeout: float = 60.0) -> None:
+        self.configuration = server_quic_configuration(certfile, keyfile, idle_timeout=idle_timeout)
+
+    def reload(self, certfile: PathLike, keyfile: PathLike) -> None:
+        """Serve a new certificate to new connections; a pair that does not load changes nothing."""
+        scratch = QuicConfiguration(is_client=False)
+        scratch.load_cert_chain(certfile, keyfile)
+        configuration = self.configuration
+        configuration.certificate = scratch.certificate
+        configuration.certificate_chain = scratch.certificate_chain
+        configuration.private_key = scratch.private_key
+
+
 async def serve_h3(
     app: ASGIApp,
     *,
@@ -707,6 +728,7 @@ async def serve_h3(
     idle_timeout: float = 60.0,
     tickets: SessionTicketStore | None = None,
     revoked: RevocationCheck | None = None,
+    serving: ServingQuic | None = None,
 ) -> None:
     """Serve `app` over HTTP/3 on UDP `host:port` until `shutdown` is set (or cancellation).
 
@@ -720,9 +742,14 @@ async def serve_h3(
     any it had): it is asked at every full handshake, resumption and request, and must be
     cheap (a set lookup). `tickets.revoke(serials)` is the other way in, for a caller that
     pushes changes rather than answering questions.
+
+    `serving`, when given, holds the configuration (so its owner can `reload` a rotated
+    serving certificate); `certfile`/`keyfile` are then not read here.
     """
     loop = asyncio.get_running_loop()
-    configuration = server_quic_configuration(certfile, keyfile, idle_timeout=idle_timeout)
+    if serving is None:
+        serving = ServingQuic(certfile, keyfile, idle_timeout=idle_timeout)
+    configuration = serving.configuration
     store = tickets if tickets is not None else SessionTicketStore()
     if revoked is not None:
         store.revoked = revoked
