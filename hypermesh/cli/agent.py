@@ -105,7 +105,14 @@ async def run_standalone(
     if cluster_prefix:
         settings = dataclasses.replace(settings, cluster_prefix=cluster_prefix)
     agent = Agent(client, settings)
-    renewing = asyncio.create_task(rotator.run(stop), name="certificate-rotation") if rotator else None
+    renewing: asyncio.Task[None] | None
+    if rotator is not None:
+        renewing = asyncio.create_task(rotator.run(stop), name="certificate-rotation")
+    else:
+        from hypermesh.client.following import following_task
+
+        # Given a kubeconfig: follow the certificate in it (admin.kubeconfig is renewed daily).
+        renewing = following_task(client, kubeconfig, stop)
     task = asyncio.create_task(agent.run(stop))
     ready = asyncio.create_task(agent.ready.wait())
     done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)

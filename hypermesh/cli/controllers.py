@@ -27,6 +27,7 @@ async def run_standalone(kubeconfig: str | None, *, leader_election: bool = True
     import controllers
     from hypermesh.client.aio import AsyncClient
     from hypermesh.client.config import load_config
+    from hypermesh.client.following import following_task
 
     client = AsyncClient.from_config(load_config(kubeconfig))
     stop = asyncio.Event()
@@ -35,9 +36,12 @@ async def run_standalone(kubeconfig: str | None, *, leader_election: bool = True
         loop.add_signal_handler(sig, stop.set)
     log.info("controllers running against %s", client.server)
     print("ready", flush=True)
+    following = following_task(client, kubeconfig, stop)
     try:
         await controllers.run_all(client, stop, leader_election=leader_election)
     finally:
+        if following is not None:
+            following.cancel()
         await client.aclose()
     log.info("controllers stopped")
     return 0

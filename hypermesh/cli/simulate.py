@@ -373,6 +373,9 @@ async def run_simulator(kubeconfig: str | None, settings: SimSettings) -> int:
         loop.add_signal_handler(sig, stop.set)
     simulator = NodeSimulator(client, settings)
     task = asyncio.create_task(simulator.run(stop))
+    from hypermesh.client.following import following_task
+
+    following = following_task(client, kubeconfig, stop)
     try:
         registered = asyncio.ensure_future(simulator.registered.wait())
         await asyncio.wait({registered, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -381,5 +384,7 @@ async def run_simulator(kubeconfig: str | None, settings: SimSettings) -> int:
             print("ready", flush=True)
         await task
     finally:
+        if following is not None:
+            following.cancel()
         await client.aclose()
     return 0

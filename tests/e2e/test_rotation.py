@@ -240,3 +240,30 @@ def test_http3_serves_the_rotated_certificate(server: Server) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "namespace/default" in result.stdout
+
+
+def test_a_long_running_client_follows_the_renewed_kubeconfig(server: Server) -> None:
+    """`hypermesh simulate-nodes` reads admin.kubeconfig once; the server renews the admin
+    certificate every ~8 s here. Its Lease renewals keep succeeding past several expiries."""
+    log = server.data_dir.parent / "simulate.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "hypermesh"), "simulate-nodes", "--count", "1", "--prefix", "follow", "--kubeconfig", str(server.kubeconfig)],
+            stdout=subprocess.PIPE, stderr=out, text=True,
+        )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", log.read_text()
+        first = x509.load_pem_x509_certificate(base64.b64decode(yaml.safe_load(server.kubeconfig.read_text())["users"][0]["user"]["client-certificate-data"]))
+        # Past the expiry of the certificate the simulator started with, plus two renewals.
+        while time.time() < first.not_valid_after_utc.timestamp() + 12:
+            time.sleep(1)
+        lease = server.kubectl_json("get", "lease", "follow-0", "-n", "hypermesh-node-lease")
+        renewed = lease["spec"]["renewTime"]
+        from datetime import datetime
+
+        age = time.time() - datetime.fromisoformat(renewed.replace("Z", "+00:00")).timestamp()
+        assert age < 12, f"the Lease was last renewed {age:.0f}s ago; simulator log:\n{log.read_text()}"
+        assert "using the renewed client certificate" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)
