@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests")
     args = parser.parse_args()
     report = {"benchmark": "rbac_bench", "started": now_iso(), "machine": machine_info(), "code": code_version()}
-    report.update(run(20_000 if args.quick else 100_000))
+    report["measurements"] = run(20_000 if args.quick else 100_000)
     print(json.dumps(report, indent=2))
 
 

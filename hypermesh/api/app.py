@@ -260,7 +260,8 @@ class APIServer:
         if path in ("/api", "/api/", "/apis", "/apis/"):
             await self._discovery_root(req, send, core=path.startswith("/api/") or path == "/api")
             return
-        review = reviews.match(path)
+        # Review kinds are served by no registry type, so their paths parse to nothing.
+        review = reviews.match(path) if target is None else None
         if review is not None:
             await self._review(req, send, *review)
             return

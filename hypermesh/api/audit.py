@@ -4,8 +4,11 @@ Each line records who (user, groups), what (verb, API group, resource, subresour
 name, or the path of a non-resource request), the answer's HTTP code, the latency, and when.
 Request and response bodies are never recorded, so no Secret value can reach the log.
 
-Every line carries `prev`, the hash of the line before it, and `hash`, the SHA-256 of its own
-canonical JSON (sorted keys, without `hash`) — a chain from the first line on. Changing,
+Every line carries `prev`, the hash of the line before it, and `hash`, last, the SHA-256 of the
+line's own JSON up to it (the record as written, without `hash`) — a chain from the first line
+on. The JSON is written once and hashed as written (no re-encoding in canonical order): a line
+is checked by parsing it, dropping `hash` and encoding it again, which gives back the same
+bytes for anything orjson wrote. Changing,
 inserting or removing a line breaks the chain at that point, which `verify` finds and names by
 line number. What a chain alone cannot show is the loss of its newest lines; an operator who
 needs that ships the log off the machine as it is written (the file is append-only JSON
@@ -44,7 +47,20 @@ _TAIL = 1 << 16
 def line_hash(record: dict[str, Any]) -> str:
     """The hash a record (without its own `hash`) must carry."""
     body = {key: value for key, value in record.items() if key != "hash"}
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(orjson.dumps(body)).hexdigest()
+
+
+_last_second: tuple[int, str] = (-1, "")
+
+
+def _timestamp() -> str:
+    """RFC 3339 with microseconds, UTC; the seconds part is formatted once a second."""
+    global _last_second
+    now = time.time()
+    second = int(now)
+    if _last_second[0] != second:
+        _last_second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_last_second[1]}.{int((now - second) * 1_000_000):06d}Z"
 
 
 class AuditLog:
@@ -88,8 +104,9 @@ class AuditLog:
         if self._file is None:
             return
         entry["prev"] = self._prev
-        entry["hash"] = digest = line_hash(entry)
-        self._file.write(orjson.dumps(entry) + b"\n")
+        body = orjson.dumps(entry)
+        digest = hashlib.sha256(body).hexdigest()
+        self._file.write(body[:-1] + b',"hash":"' + digest.encode() + b'"}\n')
         self._prev = digest
         self._dirty = True
 
@@ -125,7 +142,7 @@ def entry(
 ) -> dict[str, Any]:
     """One request's record; `started` is its time.monotonic() at arrival."""
     record: dict[str, Any] = {
-        "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "time": _timestamp(),
         "user": user,
         "groups": list(groups),
         "verb": verb,
