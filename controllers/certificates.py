@@ -54,7 +54,12 @@ from cryptography import x509
 from hypermesh.client.errors import ApiError
 from hypermesh.client.resources import Resource
 from hypermesh.operator import Context, Informer, Operator, Result
-from hypermesh.operator.conditions import ConditionStatus, get_condition, set_condition
+from hypermesh.operator.conditions import (
+    ConditionStatus,
+    get_condition,
+    set_condition,
+    status_changes,
+)
 from hypermesh.operator.informer import object_key
 from hypermesh.pki import intent as intents
 from hypermesh.pki import keys, renewal
@@ -700,7 +705,7 @@ class CertificateController:
         patch: dict[str, Any] = {**(fields or {}), "conditions": conditions}
         if generation is not None:
             patch["observedGeneration"] = generation
-        if not _changes(status, patch):
+        if not status_changes(status, patch):
             return cert
         try:
             written = await ctx.client.update_status(
@@ -714,24 +719,6 @@ class CertificateController:
         return written
 
 
-def _changes(status: dict[str, Any], patch: dict[str, Any]) -> bool:
-    """Whether merging `patch` into `status` changes anything (conditions compared without
-    their timestamps, which set_condition keeps while a status holds)."""
-    for name, value in patch.items():
-        if name == "conditions":
-            continue
-        if value is None:
-            if name in status:
-                return True
-        elif status.get(name) != value:
-            return True
-    have = {c.get("type"): c for c in status.get("conditions") or []}
-    for condition in patch.get("conditions") or []:
-        old = have.get(condition.get("type")) or {}
-        for key in ("status", "reason", "message", "observedGeneration"):
-            if old.get(key) != condition.get(key):
-                return True
-    return False
 
 
 def setup(op: Operator, settings: CertificateSettings) -> CertificateController:

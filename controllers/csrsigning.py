@@ -47,7 +47,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from hypermesh.client.errors import ApiError
-from hypermesh.client.resources import Resource
+from hypermesh.client.kinds import CSRS
 from hypermesh.operator import Context, Operator, Result
 from hypermesh.operator.conditions import now_rfc3339
 from hypermesh.operator.informer import object_key
@@ -57,16 +57,6 @@ from hypermesh.pki.signer import Signer, SigningError
 
 log = logging.getLogger(__name__)
 
-CSRS = Resource(
-    group="certificates.k8s.io",
-    version="v1",
-    kind="CertificateSigningRequest",
-    plural="certificatesigningrequests",
-    singular="certificatesigningrequest",
-    namespaced=False,
-    short_names=("csr",),
-    subresources=("status",),
-)
 SUBJECT_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 _NODE_CLIENT_USAGES = frozenset({"digital signature", "key encipherment", "client auth"})
 _MAX_BACKDATE = datetime.timedelta(minutes=5)

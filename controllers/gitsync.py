@@ -46,7 +46,12 @@ from hypermesh.gitops.inventory import InventoryItem, Outcome, Owner
 from hypermesh.gitops.kinds import Kinds
 from hypermesh.gitops.sync import Options, Syncer
 from hypermesh.operator import Context, Operator, Result
-from hypermesh.operator.conditions import ConditionStatus, get_condition, set_condition
+from hypermesh.operator.conditions import (
+    ConditionStatus,
+    get_condition,
+    set_condition,
+    status_changes,
+)
 from hypermesh.operator.informer import object_key
 
 log = logging.getLogger(__name__)
@@ -385,7 +390,7 @@ class GitSyncController:
         requested = (meta.get("annotations") or {}).get(SYNC_REQUESTED_ANNOTATION)
         if requested and final:
             patch["lastHandledSyncAt"] = requested
-        if not _changes(status, patch):
+        if not status_changes(status, patch):
             return obj
         before = get_condition(obj, "Ready") or {}
         try:
@@ -432,24 +437,6 @@ def _inventory(obj: dict[str, Any]) -> list[InventoryItem]:
     return [InventoryItem.from_status(e) for e in entries if isinstance(e, dict) and e.get("kind")]
 
 
-def _changes(status: dict[str, Any], patch: dict[str, Any]) -> bool:
-    """Whether merging `patch` into `status` changes anything (conditions compared without
-    their timestamps)."""
-    for name, value in patch.items():
-        if name == "conditions":
-            continue
-        if value is None:
-            if name in status:
-                return True
-        elif status.get(name) != value:
-            return True
-    have = {c.get("type"): c for c in status.get("conditions") or []}
-    for condition in patch.get("conditions") or []:
-        old = have.get(condition.get("type")) or {}
-        for key in ("status", "reason", "message", "observedGeneration"):
-            if old.get(key) != condition.get(key):
-                return True
-    return False
 
 
 def _rv(obj: dict[str, Any]) -> int:

@@ -1,7 +1,7 @@
 """The hypermesh.io kinds more than one process talks about, named once.
 
 Controllers, the node agent and the simulator all read and write Workloads, Nodes and
-Instances through `hypermesh.client`, which names a kind with a `Resource`; spelling them out
+Instances (and node agents and the CSR signer, CertificateSigningRequests) through `hypermesh.client`, which names a kind with a `Resource`; spelling them out
 here means no module guesses a plural, and none has to import another's private module.
 """
 
@@ -36,5 +36,15 @@ INSTANCES = Resource(
     plural="instances",
     singular="instance",
     namespaced=True,
+    subresources=("status",),
+)
+CSRS = Resource(
+    group="certificates.k8s.io",
+    version="v1",
+    kind="CertificateSigningRequest",
+    plural="certificatesigningrequests",
+    singular="certificatesigningrequest",
+    namespaced=False,
+    short_names=("csr",),
     subresources=("status",),
 )

@@ -98,3 +98,24 @@ async def report(
     return await client.update_status(
         resource, meta["name"], meta.get("namespace"), patch, field_manager=field_manager
     )
+
+
+def status_changes(status: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """Whether merging the status `patch` into `status` changes anything, conditions compared
+    without their timestamps (which `set_condition` keeps while a condition holds): a controller
+    that would write the same status again skips the write."""
+    for name, value in patch.items():
+        if name == "conditions":
+            continue
+        if value is None:
+            if name in status:
+                return True
+        elif status.get(name) != value:
+            return True
+    have = {c.get("type"): c for c in status.get("conditions") or []}
+    for condition in patch.get("conditions") or []:
+        old = have.get(condition.get("type")) or {}
+        for key in ("status", "reason", "message", "observedGeneration"):
+            if old.get(key) != condition.get(key):
+                return True
+    return False

@@ -36,7 +36,7 @@ from cryptography import x509
 from hypermesh.client.aio import AsyncClient
 from hypermesh.client.config import ClusterConfig, ConfigError, load_config
 from hypermesh.client.errors import ApiError, ClientError
-from hypermesh.client.resources import Resource
+from hypermesh.client.kinds import CSRS
 from hypermesh.pki import bootstraptoken, csr, files, keys
 from hypermesh.pki.ca import cert_to_pem
 from hypermesh.pki.kubeconfig import write_kubeconfig
@@ -45,16 +45,6 @@ log = logging.getLogger(__name__)
 
 KUBECONFIG_NAME = "kubeconfig"
 FIELD_MANAGER = "hypermesh-agent"
-CSRS = Resource(
-    group="certificates.k8s.io",
-    version="v1",
-    kind="CertificateSigningRequest",
-    plural="certificatesigningrequests",
-    singular="certificatesigningrequest",
-    namespaced=False,
-    short_names=("csr",),
-    subresources=("status",),
-)
 # A kept certificate this close to its expiry (or a tenth of its lifetime, if that is less) is
 # not worth starting with: join again instead.
 _MIN_LEFT = datetime.timedelta(seconds=5)
