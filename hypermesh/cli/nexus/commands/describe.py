@@ -61,7 +61,10 @@ def render(obj: dict[str, Any], owned: list[str], events: list[dict[str, Any]] |
     created = meta.get("creationTimestamp")
     lines.append(_field("Created", f"{created} ({ages.age(created)} ago)" if created else "<unknown>"))
     if meta.get("deletionTimestamp"):
-        lines.append(_field("Deleting", f"since {meta['deletionTimestamp']}"))
+        # With a grace period the timestamp is when it ends (as kubectl shows it for pods).
+        grace = meta.get("deletionGracePeriodSeconds")
+        when = f"grace period of {grace}s ends {meta['deletionTimestamp']}" if grace else f"since {meta['deletionTimestamp']}"
+        lines.append(_field("Deleting", when))
     lines.append(_field("UID", str(meta.get("uid", ""))))
     lines.append(_field("Version", str(meta.get("resourceVersion", ""))))
     if meta.get("finalizers"):
