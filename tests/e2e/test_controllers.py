@@ -311,8 +311,13 @@ async def test_rolling_update_keeps_availability_within_surge(client: AsyncClien
     assert [e["revision"] for e in history] == [1, 2]
     assert history[0]["templateHash"] in before
     assert history[0]["template"]["spec"]["containers"][0]["image"] == "busybox:1"
-    progressing = get_condition(wl, "Progressing") or {}
-    assert progressing["reason"] == "NewReplicaSetAvailable"
+    # Progressing turns NewReplicaSetAvailable in a status write of its own, once the last old
+    # Instance is gone (graceful deletion lets it finish first): wait for it, do not race it.
+    async def complete() -> bool:
+        current = await client.get(WORKLOADS, "roll", NS)
+        return (get_condition(current, "Progressing") or {}).get("reason") == "NewReplicaSetAvailable"
+
+    await eventually(complete, timeout=20)
 
     # Undo: the old template comes back as revision 3.
     await client.patch(WORKLOADS, "roll", NS, {"spec": {"template": history[0]["template"]}})
